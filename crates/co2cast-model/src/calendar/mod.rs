@@ -1,0 +1,254 @@
+//! China's working calendar and per-sector daily activity factors.
+//!
+//! Days are Asia/Shanghai days. China has kept UTC+08:00 without daylight saving since 1992,
+//! so a fixed offset is exact for every date co2cast handles.
+
+mod factors;
+
+pub use factors::{DayFactorTable, SectorDayFactors};
+
+use chrono::{DateTime, Datelike, Duration, FixedOffset, NaiveDate, TimeZone, Utc, Weekday};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Asia/Shanghai as a fixed offset (no DST since 1992).
+pub fn shanghai() -> FixedOffset {
+    FixedOffset::east_opt(8 * 3600).expect("+08:00 is a valid offset")
+}
+
+/// The Asia/Shanghai calendar day an instant falls in.
+pub fn shanghai_day<Tz: TimeZone>(t: &DateTime<Tz>) -> NaiveDate {
+    t.with_timezone(&shanghai()).date_naive()
+}
+
+/// Start of an Asia/Shanghai day as a UTC instant.
+pub fn day_start_utc(d: NaiveDate) -> DateTime<Utc> {
+    shanghai()
+        .from_local_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight exists"))
+        .single()
+        .expect("fixed offsets are unambiguous")
+        .with_timezone(&Utc)
+}
+
+pub fn days_in_month(year: i32, month: u32) -> u32 {
+    let first = NaiveDate::from_ymd_opt(year, month, 1).expect("valid month");
+    let next = if month == 12 {
+        NaiveDate::from_ymd_opt(year + 1, 1, 1)
+    } else {
+        NaiveDate::from_ymd_opt(year, month + 1, 1)
+    }
+    .expect("valid month");
+    (next - first).num_days() as u32
+}
+
+pub fn days_of_month(year: i32, month: u32) -> impl Iterator<Item = NaiveDate> {
+    let first = NaiveDate::from_ymd_opt(year, month, 1).expect("valid month");
+    (0..days_in_month(year, month)).map(move |i| first + Duration::days(i as i64))
+}
+
+pub fn days_of_year(year: i32) -> impl Iterator<Item = NaiveDate> {
+    (1..=12).flat_map(move |m| days_of_month(year, m))
+}
+
+/// What kind of day a date is for working purposes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DayKind {
+    Workday,
+    Weekend,
+    /// Statutory day off, including weekend days inside a holiday block.
+    Holiday,
+    /// A Saturday or Sunday made a working day (调休).
+    MakeupWorkday,
+}
+
+impl DayKind {
+    pub fn is_working(self) -> bool {
+        matches!(self, DayKind::Workday | DayKind::MakeupWorkday)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CalendarEntry {
+    pub kind: DayKind,
+    pub festival: String,
+    pub notice: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CalendarError {
+    #[error("calendar table line {line}: {msg}")]
+    Parse { line: usize, msg: String },
+    #[error("calendar table: {0} is listed twice")]
+    Duplicate(NaiveDate),
+}
+
+/// Versioned table of statutory holidays and make-up working days.
+#[derive(Debug, Clone)]
+pub struct HolidayCalendar {
+    pub version: &'static str,
+    pub source: &'static str,
+    entries: BTreeMap<NaiveDate, CalendarEntry>,
+}
+
+const HOLIDAYS_CSV: &str = include_str!("../../data/cn_public_holidays.csv");
+
+/// Lunar new year's day (正月初一), 2010–2030.
+const LUNAR_NEW_YEAR: [(i32, u32, u32); 21] = [
+    (2010, 2, 14),
+    (2011, 2, 3),
+    (2012, 1, 23),
+    (2013, 2, 10),
+    (2014, 1, 31),
+    (2015, 2, 19),
+    (2016, 2, 8),
+    (2017, 1, 28),
+    (2018, 2, 16),
+    (2019, 2, 5),
+    (2020, 1, 25),
+    (2021, 2, 12),
+    (2022, 2, 1),
+    (2023, 1, 22),
+    (2024, 2, 10),
+    (2025, 1, 29),
+    (2026, 2, 17),
+    (2027, 2, 6),
+    (2028, 1, 26),
+    (2029, 2, 13),
+    (2030, 2, 3),
+];
+
+impl HolidayCalendar {
+    /// The bundled table (State Council notices 2015–2026).
+    pub fn official() -> HolidayCalendar {
+        Self::parse(HOLIDAYS_CSV, "2026.1", "State Council General Office annual holiday notices")
+            .expect("bundled holiday table is valid (checked by tests)")
+    }
+
+    pub fn parse(csv_text: &str, version: &'static str, source: &'static str) -> Result<Self, CalendarError> {
+        let mut entries = BTreeMap::new();
+        let mut header_seen = false;
+        for (i, raw) in csv_text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if !header_seen {
+                header_seen = true;
+                continue;
+            }
+            let parts: Vec<&str> = line.splitn(4, ',').collect();
+            if parts.len() != 4 {
+                return Err(CalendarError::Parse { line: i + 1, msg: "expected date,kind,festival,notice".into() });
+            }
+            let date = NaiveDate::parse_from_str(parts[0], "%Y-%m-%d")
+                .map_err(|e| CalendarError::Parse { line: i + 1, msg: format!("bad date: {e}") })?;
+            let kind = match parts[1] {
+                "holiday" => DayKind::Holiday,
+                "workday" => DayKind::MakeupWorkday,
+                other => {
+                    return Err(CalendarError::Parse { line: i + 1, msg: format!("bad kind `{other}`") });
+                }
+            };
+            let entry = CalendarEntry { kind, festival: parts[2].to_string(), notice: parts[3].to_string() };
+            if entries.insert(date, entry).is_some() {
+                return Err(CalendarError::Duplicate(date));
+            }
+        }
+        Ok(HolidayCalendar { version, source, entries })
+    }
+
+    pub fn covered_years(&self) -> std::ops::RangeInclusive<i32> {
+        let first = self.entries.keys().next().map(|d| d.year() + 1).unwrap_or(0);
+        let last = self.entries.keys().last().map(|d| d.year()).unwrap_or(0);
+        // The first entry may be 31 Dec of the previous year (New Year blocks span years).
+        first.min(2015)..=last
+    }
+
+    pub fn entry(&self, d: NaiveDate) -> Option<&CalendarEntry> {
+        self.entries.get(&d)
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = (&NaiveDate, &CalendarEntry)> {
+        self.entries.iter()
+    }
+
+    pub fn day_kind(&self, d: NaiveDate) -> DayKind {
+        if let Some(e) = self.entries.get(&d) {
+            return e.kind;
+        }
+        match d.weekday() {
+            Weekday::Sat | Weekday::Sun => DayKind::Weekend,
+            _ => DayKind::Workday,
+        }
+    }
+
+    pub fn working_days_in_month(&self, year: i32, month: u32) -> u32 {
+        days_of_month(year, month).filter(|d| self.day_kind(*d).is_working()).count() as u32
+    }
+}
+
+/// Lunar new year's day for `year`, if within the table (2010–2030).
+pub fn lunar_new_year(year: i32) -> Option<NaiveDate> {
+    LUNAR_NEW_YEAR
+        .iter()
+        .find(|(y, _, _)| *y == year)
+        .and_then(|(y, m, d)| NaiveDate::from_ymd_opt(*y, *m, *d))
+}
+
+/// Days from the nearest lunar new year (negative before it).
+pub fn spring_festival_offset(d: NaiveDate) -> Option<i64> {
+    [d.year() - 1, d.year(), d.year() + 1]
+        .iter()
+        .filter_map(|y| lunar_new_year(*y))
+        .map(|ny| (d - ny).num_days())
+        .min_by_key(|o| o.abs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn official_table_parses_and_is_consistent() {
+        let cal = HolidayCalendar::official();
+        // No day is both a holiday and a working day: the map holds one kind per day, and
+        // make-up days must be weekends.
+        for (d, e) in cal.entries() {
+            if e.kind == DayKind::MakeupWorkday {
+                assert!(matches!(d.weekday(), Weekday::Sat | Weekday::Sun), "{d} is a make-up day but not a weekend");
+            }
+        }
+        assert_eq!(cal.day_kind(NaiveDate::from_ymd_opt(2019, 10, 1).unwrap()), DayKind::Holiday);
+        assert_eq!(cal.day_kind(NaiveDate::from_ymd_opt(2019, 10, 12).unwrap()), DayKind::MakeupWorkday);
+        assert_eq!(cal.day_kind(NaiveDate::from_ymd_opt(2019, 10, 13).unwrap()), DayKind::Weekend);
+        assert_eq!(cal.day_kind(NaiveDate::from_ymd_opt(2019, 10, 14).unwrap()), DayKind::Workday);
+        for y in 2015..=2026 {
+            let sf = cal.entries().filter(|(d, e)| d.year() == y && e.festival == "spring_festival").count();
+            assert!(sf >= 7, "{y}: Spring Festival block has {sf} days");
+            let ny = lunar_new_year(y).unwrap();
+            assert_eq!(cal.day_kind(ny), DayKind::Holiday, "lunar new year {ny} must be a holiday");
+        }
+    }
+
+    #[test]
+    fn working_day_counts_match_nbs_jan_feb_counts() {
+        // NBS-style Jan/Feb working-day counts (shared/data/misc/workday_monthly.csv).
+        let cal = HolidayCalendar::official();
+        for (y, jan, feb) in [(2016, 20, 18), (2017, 19, 19), (2018, 22, 17), (2019, 22, 17), (2021, 20, 17), (2022, 21, 16)] {
+            assert_eq!(cal.working_days_in_month(y, 1), jan, "{y}-01");
+            assert_eq!(cal.working_days_in_month(y, 2), feb, "{y}-02");
+        }
+    }
+
+    #[test]
+    fn shanghai_days() {
+        let t = DateTime::parse_from_rfc3339("2019-01-31T17:30:00Z").unwrap();
+        assert_eq!(shanghai_day(&t), NaiveDate::from_ymd_opt(2019, 2, 1).unwrap());
+        let s = day_start_utc(NaiveDate::from_ymd_opt(2019, 2, 1).unwrap());
+        assert_eq!(s.to_rfc3339(), "2019-01-31T16:00:00+00:00");
+        assert_eq!(days_in_month(2020, 2), 29);
+        assert_eq!(days_of_year(2019).count(), 365);
+        assert_eq!(spring_festival_offset(NaiveDate::from_ymd_opt(2019, 2, 1).unwrap()), Some(-4));
+    }
+}
