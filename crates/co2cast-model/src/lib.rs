@@ -6,8 +6,14 @@
 //! Everything here is a pure function of its inputs, so it can be read and tested without
 //! Kafka or files.
 
+pub mod backtest;
 pub mod calendar;
+pub mod calibration;
 pub mod domain;
+pub mod estimate;
+pub mod inventory;
+pub mod proxy;
 pub mod series;
+pub mod testkit;
 
 pub use domain::{Province, Sector};
