@@ -1,1 +1,246 @@
-pub fn _placeholder() {}
+//! Backtest: calibrate on inventory year Y only, estimate year T from proxies, and score the
+//! annual province × sector values and bands against the year-T inventory.
+
+use crate::calendar::{DayFactorTable, HolidayCalendar};
+use crate::calibration::robust::{median, quantile};
+use crate::calibration::{Calibration, CalibrationError, ModelConfig, calibrate};
+use crate::domain::{Province, Sector};
+use crate::estimate::{Band, EnsembleSettings, Estimator, MODEL_VERSION, SourceType};
+use crate::inventory::InventoryPanel;
+use crate::proxy::ProxyPanel;
+use crate::series::YearMonth;
+use chrono::Datelike;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BacktestRow {
+    pub province: Province,
+    /// `None` is the provincial total over all sectors.
+    pub sector: Option<Sector>,
+    pub estimate_mtco2: f64,
+    pub p2_5: f64,
+    pub p97_5: f64,
+    pub inventory_mtco2: f64,
+    /// Persistence: the base-year inventory used as the estimate.
+    pub persistence_mtco2: f64,
+    pub error_pct: f64,
+    pub inside_95: bool,
+    pub rel_halfwidth_95_pct: f64,
+    pub source_type: SourceType,
+    pub coverage: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BacktestSummary {
+    pub power_median_abs_pct_err: f64,
+    pub power_p90_abs_pct_err: f64,
+    pub total_median_abs_pct_err: f64,
+    pub total_p90_abs_pct_err: f64,
+    pub persistence_total_median_abs_pct_err: f64,
+    pub persistence_power_median_abs_pct_err: f64,
+    /// Share of province-sector rows whose inventory value lies inside the 95 % band.
+    pub coverage_95: f64,
+    /// Median half-width of the 95 % band relative to the estimate, percent.
+    pub median_rel_halfwidth_95: f64,
+    pub coverage_95_totals: f64,
+    pub median_abs_pct_err_by_sector: Vec<(Sector, f64)>,
+    pub coverage_95_by_sector: Vec<(Sector, f64)>,
+    pub n_rows: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BacktestReport {
+    pub base_year: i32,
+    pub target_year: i32,
+    pub model_version: String,
+    pub inventory_source: String,
+    pub ensemble: EnsembleSettings,
+    pub rows: Vec<BacktestRow>,
+    pub national: NationalRow,
+    pub summary: BacktestSummary,
+    pub calibration: Calibration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NationalRow {
+    /// Sum over the provinces with an inventory, from joint member sums.
+    pub band: Band,
+    pub inventory_mtco2: f64,
+    pub persistence_mtco2: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BacktestError {
+    #[error(transparent)]
+    Calibration(#[from] CalibrationError),
+    #[error("target year {target} must be after base year {base}")]
+    TargetNotAfterBase { base: i32, target: i32 },
+    #[error("the inventory has no values for target year {0}")]
+    NoTarget(i32),
+}
+
+pub fn run(
+    inventory: &InventoryPanel,
+    proxies: &ProxyPanel,
+    base_year: i32,
+    target_year: i32,
+    cfg: &ModelConfig,
+    settings: EnsembleSettings,
+) -> Result<BacktestReport, BacktestError> {
+    if target_year <= base_year {
+        return Err(BacktestError::TargetNotAfterBase { base: base_year, target: target_year });
+    }
+    if !inventory.years().contains(&target_year) {
+        return Err(BacktestError::NoTarget(target_year));
+    }
+    // Calibration sees inventory years ≤ base_year only (enforced inside `calibrate`).
+    let calibration = calibrate(inventory, proxies, base_year, cfg)?;
+    let (hc, df) = (HolidayCalendar::official(), DayFactorTable::bundled());
+    // The estimator reads only the base-year inventory; give it nothing later.
+    let base_inv = inventory.up_to(base_year);
+    let est = Estimator { calibration: &calibration, inventory: &base_inv, proxies, calendar: &hc, day_factors: &df };
+    let months: Vec<YearMonth> = (1..=12).map(|m| YearMonth::new(target_year, m)).collect();
+    let in_year = |d: chrono::NaiveDate| d.year() == target_year;
+
+    let mut rows = Vec::new();
+    let k = settings.members;
+    let mut national_members = vec![0.0; k];
+    let (mut national_central, mut national_inv, mut national_pers) = (0.0, 0.0, 0.0);
+    for p in Province::ALL {
+        let Some(_) = inventory.total(p, target_year) else { continue };
+        let mut prov_members = vec![0.0; k];
+        let (mut prov_central, mut prov_inv, mut prov_pers) = (0.0, 0.0, 0.0);
+        let mut prov_cov = (0.0, 0.0);
+        let mut prov_source = SourceType::Proxy;
+        for s in Sector::ALL {
+            let (Some(inv_t), Some(inv_y)) = (inventory.sector(p, s, target_year), inventory.sector(p, s, base_year))
+            else {
+                continue;
+            };
+            let Some(row) = est.row(p, s, &months, settings) else { continue };
+            let members = row.member_sums(in_year);
+            let central = row.central_sum(in_year);
+            let band = Band::from_members(central, &members);
+            let coverage = row.months.iter().map(|m| m.coverage).sum::<f64>() / row.months.len() as f64;
+            let source = row.months.iter().map(|m| m.source_type).max().unwrap_or(SourceType::Proxy);
+            for (a, b) in prov_members.iter_mut().zip(&members) {
+                *a += b;
+            }
+            prov_central += central;
+            prov_inv += inv_t;
+            prov_pers += inv_y;
+            prov_cov.0 += coverage * inv_y;
+            prov_cov.1 += inv_y;
+            prov_source = prov_source.max(source);
+            // Rows too small to score in percent (< 0.1 Mt) still count in totals.
+            if inv_t >= 0.1 {
+                rows.push(score_row(p, Some(s), band, inv_t, inv_y, source, coverage));
+            }
+        }
+        let band = Band::from_members(prov_central, &prov_members);
+        let cov = if prov_cov.1 > 0.0 { prov_cov.0 / prov_cov.1 } else { 0.0 };
+        rows.push(score_row(p, None, band, prov_inv, prov_pers, prov_source, cov));
+        for (a, b) in national_members.iter_mut().zip(&prov_members) {
+            *a += b;
+        }
+        national_central += prov_central;
+        national_inv += prov_inv;
+        national_pers += prov_pers;
+    }
+    let national = NationalRow {
+        band: Band::from_members(national_central, &national_members),
+        inventory_mtco2: national_inv,
+        persistence_mtco2: national_pers,
+    };
+    let summary = summarise(&rows);
+    Ok(BacktestReport {
+        base_year,
+        target_year,
+        model_version: MODEL_VERSION.to_string(),
+        inventory_source: inventory.source.clone(),
+        ensemble: settings,
+        rows,
+        national,
+        summary,
+        calibration,
+    })
+}
+
+fn score_row(
+    p: Province,
+    s: Option<Sector>,
+    band: Band,
+    inv: f64,
+    persistence: f64,
+    source_type: SourceType,
+    coverage: f64,
+) -> BacktestRow {
+    BacktestRow {
+        province: p,
+        sector: s,
+        estimate_mtco2: band.central,
+        p2_5: band.p2_5,
+        p97_5: band.p97_5,
+        inventory_mtco2: inv,
+        persistence_mtco2: persistence,
+        error_pct: (band.central / inv - 1.0) * 100.0,
+        inside_95: band.contains_95(inv),
+        rel_halfwidth_95_pct: band.rel_halfwidth_95() * 100.0,
+        source_type,
+        coverage,
+    }
+}
+
+pub fn summarise(rows: &[BacktestRow]) -> BacktestSummary {
+    let abs_err = |f: &dyn Fn(&BacktestRow) -> bool| -> Vec<f64> {
+        rows.iter().filter(|r| f(r)).map(|r| r.error_pct.abs()).collect()
+    };
+    let pers_err = |f: &dyn Fn(&BacktestRow) -> bool| -> Vec<f64> {
+        rows.iter().filter(|r| f(r)).map(|r| (r.persistence_mtco2 / r.inventory_mtco2 - 1.0).abs() * 100.0).collect()
+    };
+    let power = abs_err(&|r| r.sector == Some(Sector::Power));
+    let total = abs_err(&|r| r.sector.is_none());
+    let sector_rows: Vec<&BacktestRow> = rows.iter().filter(|r| r.sector.is_some()).collect();
+    let totals: Vec<&BacktestRow> = rows.iter().filter(|r| r.sector.is_none()).collect();
+    let share = |v: &[&BacktestRow]| v.iter().filter(|r| r.inside_95).count() as f64 / v.len().max(1) as f64;
+    let hw: Vec<f64> = sector_rows.iter().map(|r| r.rel_halfwidth_95_pct).collect();
+    BacktestSummary {
+        power_median_abs_pct_err: median(&power),
+        power_p90_abs_pct_err: quantile(&power, 0.9),
+        total_median_abs_pct_err: median(&total),
+        total_p90_abs_pct_err: quantile(&total, 0.9),
+        persistence_total_median_abs_pct_err: median(&pers_err(&|r| r.sector.is_none())),
+        persistence_power_median_abs_pct_err: median(&pers_err(&|r| r.sector == Some(Sector::Power))),
+        coverage_95: share(&sector_rows),
+        median_rel_halfwidth_95: median(&hw),
+        coverage_95_totals: share(&totals),
+        median_abs_pct_err_by_sector: Sector::ALL
+            .iter()
+            .map(|s| (*s, median(&abs_err(&|r| r.sector == Some(*s)))))
+            .collect(),
+        coverage_95_by_sector: Sector::ALL
+            .iter()
+            .map(|s| {
+                let v: Vec<&BacktestRow> = sector_rows.iter().copied().filter(|r| r.sector == Some(*s)).collect();
+                (*s, share(&v))
+            })
+            .collect(),
+        n_rows: sector_rows.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::synthetic_world;
+
+    #[test]
+    fn scores_a_synthetic_world_well() {
+        let (inv, px) = synthetic_world(0.8, 0.01, 11);
+        let r = run(&inv, &px, 2016, 2017, &ModelConfig::default(), EnsembleSettings { members: 100, seed: 1 }).unwrap();
+        assert_eq!(r.summary.n_rows, 30 * 6);
+        assert!(r.summary.power_median_abs_pct_err < 2.0, "{:?}", r.summary);
+        assert!(r.summary.coverage_95 > 0.7, "{:?}", r.summary);
+        assert!(run(&inv, &px, 2017, 2017, &ModelConfig::default(), EnsembleSettings::default()).is_err());
+    }
+}

@@ -215,6 +215,7 @@ pub struct Calibration {
     pub fit_years: (i32, i32),
     pub config: ModelConfig,
     pub fits: Vec<ComponentFit>,
+    #[serde(with = "scales_serde")]
     pub scales: BTreeMap<(Province, Sector), RowScale>,
     pub inventory_source: String,
 }
@@ -429,6 +430,30 @@ fn residual_scales(
         }
     }
     out
+}
+
+/// JSON has no tuple keys: scales travel as a list of rows.
+mod scales_serde {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Entry {
+        province: Province,
+        sector: Sector,
+        #[serde(flatten)]
+        scale: RowScale,
+    }
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<(Province, Sector), RowScale>, s: S) -> Result<S::Ok, S::Error> {
+        let v: Vec<Entry> = m.iter().map(|((p, sec), sc)| Entry { province: *p, sector: *sec, scale: *sc }).collect();
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<(Province, Sector), RowScale>, D::Error> {
+        let v = Vec::<Entry>::deserialize(d)?;
+        Ok(v.into_iter().map(|e| ((e.province, e.sector), e.scale)).collect())
+    }
 }
 
 #[cfg(test)]

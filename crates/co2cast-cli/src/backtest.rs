@@ -1,0 +1,84 @@
+//! `co2cast backtest`.
+
+use co2cast_model::backtest::{BacktestReport, run as run_backtest};
+use co2cast_model::calibration::ModelConfig;
+use co2cast_model::estimate::EnsembleSettings;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Calibration base year: the only inventory year used as the anchor; nothing later is read.
+    #[arg(long)]
+    base_year: i32,
+    /// Year to estimate and score.
+    #[arg(long)]
+    target_year: i32,
+    /// Data directory: a bundled-format extract, or the raw shared/data tree. Defaults to the
+    /// extract bundled in the binary.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Monte Carlo members.
+    #[arg(long, default_value_t = 400)]
+    members: usize,
+    /// Seed of the ensemble.
+    #[arg(long, default_value_t = 20_190_101)]
+    seed: u64,
+}
+
+pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let data = match &a.data {
+        Some(d) => co2cast_data::load_dir(d)?,
+        None => co2cast_data::embedded()?,
+    };
+    if a.members < 40 {
+        return Err("--members must be at least 40 for 95 % bands".into());
+    }
+    let report = run_backtest(
+        &data.inventory,
+        &data.proxies,
+        a.base_year,
+        a.target_year,
+        &ModelConfig::default(),
+        EnsembleSettings { members: a.members, seed: a.seed },
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_tables(&report, &data.origin);
+    }
+    Ok(())
+}
+
+fn print_tables(r: &BacktestReport, origin: &str) {
+    println!("co2cast backtest: calibrated on {} only, estimating {} ({}; {})", r.base_year, r.target_year, r.model_version, origin);
+    println!("{:<14} {:<17} {:>10} {:>21} {:>10} {:>8} {:>7} {:>6}", "province", "sector", "estimate", "95% band", "inventory", "err %", "inside", "cover");
+    for row in &r.rows {
+        let sector = row.sector.map(|s| s.as_str()).unwrap_or("TOTAL");
+        println!(
+            "{:<14} {:<17} {:>10.2} {:>10.2}..{:<9.2} {:>10.2} {:>+8.1} {:>7} {:>6.2}",
+            row.province.name_en(),
+            sector,
+            row.estimate_mtco2,
+            row.p2_5,
+            row.p97_5,
+            row.inventory_mtco2,
+            row.error_pct,
+            if row.inside_95 { "yes" } else { "NO" },
+            row.coverage
+        );
+    }
+    let s = &r.summary;
+    let n = &r.national;
+    println!();
+    println!("National (30 provinces): {:.0} MtCO2 [{:.0}, {:.0}] vs inventory {:.0} (persistence {:.0})", n.band.central, n.band.p2_5, n.band.p97_5, n.inventory_mtco2, n.persistence_mtco2);
+    println!("Summary ({} province-sector rows, all figures in percent except coverage):", s.n_rows);
+    println!("  power  median |err| {:.2}  p90 {:.2}   (persistence median {:.2})", s.power_median_abs_pct_err, s.power_p90_abs_pct_err, s.persistence_power_median_abs_pct_err);
+    println!("  totals median |err| {:.2}  p90 {:.2}   (persistence median {:.2})", s.total_median_abs_pct_err, s.total_p90_abs_pct_err, s.persistence_total_median_abs_pct_err);
+    println!("  coverage_95 {:.3} (totals {:.3}); median 95% half-width {:.1}", s.coverage_95, s.coverage_95_totals, s.median_rel_halfwidth_95);
+    for ((sec, e), (_, c)) in s.median_abs_pct_err_by_sector.iter().zip(&s.coverage_95_by_sector) {
+        println!("  {:<17} median |err| {:>5.2}  coverage_95 {:.2}", sec.as_str(), e, c);
+    }
+}

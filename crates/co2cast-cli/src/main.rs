@@ -1,0 +1,52 @@
+//! `co2cast`: streaming estimates of China's CO2 emissions by province and sector.
+
+mod backtest;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "co2cast", version, about = "Near-real-time CO2 estimates for China's provinces and sectors, with calibrated uncertainty")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Calibrate on inventory year Y only, estimate year T from proxies, score against the inventory.
+    Backtest(backtest::Args),
+    /// Rebuild the bundled extract in data/ from the raw public sources.
+    Extract {
+        /// The raw data tree (the repository's ../shared/data).
+        #[arg(long, default_value = "../shared/data")]
+        shared: PathBuf,
+        /// Where to write the extract.
+        #[arg(long, default_value = "data")]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Backtest(args) => backtest::run(args),
+        Command::Extract { shared, out } => extract(&shared, &out),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn extract(shared: &std::path::Path, out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let raw = co2cast_data::bundle::RawSources::at(shared);
+    let (inv, months) = raw.load(2005..=2019)?;
+    co2cast_data::bundle::write_extract(out, &inv, &months)?;
+    eprintln!("wrote {} inventory values and {} monthly proxy values to {}", inv.len(), months.len(), out.display());
+    Ok(())
+}

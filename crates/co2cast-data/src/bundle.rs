@@ -1,0 +1,210 @@
+//! The compact extract shipped in `data/` (and embedded in the binary), and the builder that
+//! derives it from the raw public sources in `../shared/data`.
+
+use crate::ceads;
+use crate::error::{DataError, Result, Table};
+use crate::proxies::{self, ProxyMonth};
+use co2cast_model::domain::{CeadsSectorMap, IndustryGroup, Province, Sector};
+use co2cast_model::inventory::{InventoryItem, InventoryPanel};
+use co2cast_model::proxy::{ProxyPanel, Scope, Signal};
+use co2cast_model::series::{MonthlyProvenance, YearMonth};
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+pub const INVENTORY_FILE: &str = "inventory/ceads_items.csv";
+pub const PROXIES_FILE: &str = "proxies/monthly.csv";
+
+const EMBEDDED_INVENTORY: &[u8] = include_bytes!("../../../data/inventory/ceads_items.csv");
+const EMBEDDED_PROXIES: &[u8] = include_bytes!("../../../data/proxies/monthly.csv");
+
+/// Inventory and proxies ready for the model.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub inventory: InventoryPanel,
+    pub proxies: ProxyPanel,
+    pub origin: String,
+}
+
+pub fn item_name(item: InventoryItem) -> String {
+    match item {
+        InventoryItem::Sector(s) => s.as_str().to_string(),
+        InventoryItem::Industry(g) => format!("industry/{}", g.as_str()),
+    }
+}
+
+pub fn parse_item(s: &str) -> Option<InventoryItem> {
+    match s.strip_prefix("industry/") {
+        Some(g) => g.parse::<IndustryGroup>().ok().map(InventoryItem::Industry),
+        None => s.parse::<Sector>().ok().map(InventoryItem::Sector),
+    }
+}
+
+pub fn scope_name(s: Scope) -> String {
+    match s {
+        Scope::Province(p) => p.iso_code().to_string(),
+        Scope::National => "CN".to_string(),
+    }
+}
+
+pub fn parse_scope(s: &str) -> Option<Scope> {
+    if s == "CN" { Some(Scope::National) } else { Province::parse_lenient(s).map(Scope::Province) }
+}
+
+fn provenance_name(p: &MonthlyProvenance) -> String {
+    match p {
+        MonthlyProvenance::Reported => "reported".into(),
+        MonthlyProvenance::DifferencedFromYtd => "ytd_differenced".into(),
+        MonthlyProvenance::JanFebSplit { share } => format!("jan_feb_split:{share:.4}"),
+        MonthlyProvenance::GapSpread { months } => format!("gap_spread:{months}"),
+        MonthlyProvenance::NegativeClampedToZero { raw } => format!("negative_clamped:{raw:.4}"),
+    }
+}
+
+fn inventory_from_bytes(file: &Path, bytes: &[u8]) -> Result<InventoryPanel> {
+    let t = Table::from_bytes(file, bytes)?;
+    let (cy, cp, ci, cv) = (t.col("year")?, t.col("province")?, t.col("item")?, t.col("mtco2")?);
+    let mut inv = InventoryPanel::new("CEADs provincial inventories (derived extract, see data/PROVENANCE.md)");
+    for i in 0..t.rows.len() {
+        let year: i32 = t.str(i, cy).parse().map_err(|_| DataError::field(file, t.line(i), "year", "not a year"))?;
+        let p: Province = t.str(i, cp).parse().map_err(|e| DataError::field(file, t.line(i), "province", format!("{e}")))?;
+        let item = parse_item(t.str(i, ci)).ok_or_else(|| DataError::field(file, t.line(i), "item", format!("unknown item `{}`", t.str(i, ci))))?;
+        inv.add(p, item, year, t.f64(i, cv)?);
+    }
+    Ok(inv)
+}
+
+fn proxies_from_bytes(file: &Path, bytes: &[u8]) -> Result<ProxyPanel> {
+    let t = Table::from_bytes(file, bytes)?;
+    let (cs, cc, cm, cv, cu) = (t.col("signal")?, t.col("scope")?, t.col("month")?, t.col("value")?, t.col("unit")?);
+    let mut px = ProxyPanel::new();
+    for i in 0..t.rows.len() {
+        let signal: Signal = t.str(i, cs).parse().map_err(|e: String| DataError::field(file, t.line(i), "signal", e))?;
+        let unit = t.str(i, cu);
+        if unit != signal.unit() {
+            return Err(DataError::Unit { file: file.to_path_buf(), field: format!("unit (line {})", t.line(i)), found: unit.into(), expected: signal.unit().into() });
+        }
+        let scope = parse_scope(t.str(i, cc)).ok_or_else(|| DataError::field(file, t.line(i), "scope", format!("unknown scope `{}`", t.str(i, cc))))?;
+        let month = YearMonth::parse(t.str(i, cm)).ok_or_else(|| DataError::field(file, t.line(i), "month", "bad month"))?;
+        let v = t.f64(i, cv)?;
+        if v < 0.0 {
+            return Err(DataError::field(file, t.line(i), "value", "negative"));
+        }
+        px.set_monthly(signal, scope, month, v);
+    }
+    Ok(px)
+}
+
+/// The extract embedded in the binary (identical to `data/` in the repository).
+pub fn embedded() -> Result<Dataset> {
+    Ok(Dataset {
+        inventory: inventory_from_bytes(Path::new(INVENTORY_FILE), EMBEDDED_INVENTORY)?,
+        proxies: proxies_from_bytes(Path::new(PROXIES_FILE), EMBEDDED_PROXIES)?,
+        origin: "bundled extract (embedded)".into(),
+    })
+}
+
+/// Loads `dir`: either a bundled-format directory or the raw `shared/data` tree.
+pub fn load_dir(dir: &Path) -> Result<Dataset> {
+    if dir.join(INVENTORY_FILE).exists() {
+        let inv_path = dir.join(INVENTORY_FILE);
+        let px_path = dir.join(PROXIES_FILE);
+        let inv = std::fs::read(&inv_path).map_err(|e| DataError::io(&inv_path, e))?;
+        let px = std::fs::read(&px_path).map_err(|e| DataError::io(&px_path, e))?;
+        return Ok(Dataset {
+            inventory: inventory_from_bytes(&inv_path, &inv)?,
+            proxies: proxies_from_bytes(&px_path, &px)?,
+            origin: format!("bundled-format directory {}", dir.display()),
+        });
+    }
+    if dir.join("ceads/raw_xlsx").is_dir() {
+        let raw = RawSources::at(dir);
+        let (inv, months) = raw.load(2005..=2019)?;
+        let mut px = ProxyPanel::new();
+        for m in &months {
+            px.set_monthly(m.signal, m.scope, m.month, m.value);
+        }
+        return Ok(Dataset { inventory: inv, proxies: px, origin: format!("raw sources in {}", dir.display()) });
+    }
+    Err(DataError::content(dir, format!("neither a bundled extract (no {INVENTORY_FILE}) nor a raw data tree (no ceads/raw_xlsx)")))
+}
+
+/// Paths of the raw public sources inside `shared/data`.
+pub struct RawSources {
+    pub root: PathBuf,
+}
+
+impl RawSources {
+    pub fn at(root: &Path) -> RawSources {
+        RawSources { root: root.to_path_buf() }
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// Inventory (from the CEADs workbooks, fuel-aware mapping) and monthly proxies.
+    pub fn load(&self, years: std::ops::RangeInclusive<i32>) -> Result<(InventoryPanel, Vec<ProxyMonth>)> {
+        let records = ceads::load_workbooks(&self.p("ceads/raw_xlsx"), Some(years.clone()))?;
+        let inv = ceads::to_inventory(&records, &CeadsSectorMap::bundled(), "CEADs provincial inventories (xlsx)")
+            .map_err(|e| DataError::content(&self.p("ceads/raw_xlsx"), e.to_string()))?;
+        let first = *years.start();
+        let keep = |m: &ProxyMonth| m.month.year >= first && m.month.year <= 2022;
+        let mut months: Vec<ProxyMonth> = Vec::new();
+        months.extend(proxies::load_crea_provincial_generation(&self.p("crea_china_co2/provincial_generation_by_source_monthly_ytd_1997_2024_tidy.csv"))?.into_iter().filter(|m| m.signal == Signal::ThermalGeneration));
+        let wind_dir = "crea_china_co2/wind_format_raw/";
+        months.extend(proxies::load_wind_provincial_output(&self.p(&format!("{wind_dir}provincial_outputs_and_thermal_capacity.csv")), "Cement", Signal::Cement)?);
+        months.extend(proxies::load_wind_provincial_output(&self.p(&format!("{wind_dir}iron_and_steel_output_by_province.csv")), "Pig Iron", Signal::PigIron)?);
+        months.extend(proxies::load_wind_provincial_output(&self.p(&format!("{wind_dir}iron_and_steel_output_by_province.csv")), "Crude Steel", Signal::CrudeSteel)?);
+        months.extend(proxies::load_wind_provincial_output(&self.p(&format!("{wind_dir}provincial_outputs_and_thermal_capacity.csv")), "Ten Kinds of Non-ferrous Metals", Signal::NonferrousMetals)?);
+        months.extend(proxies::load_wind_provincial_output(&self.p(&format!("{wind_dir}provincial_outputs_and_thermal_capacity.csv")), "Chemical Fibers", Signal::ChemicalFiber)?);
+        let from_wind: BTreeSet<Signal> = months.iter().map(|m| m.signal).collect();
+        months.extend(
+            proxies::load_nbs_long(&self.p("nbs_proxies/nbs_provincial_monthly_industrial_output_2015_2021_long.csv"))?
+                .into_iter()
+                .filter(|m| !from_wind.contains(&m.signal)),
+        );
+        months.extend(proxies::load_wind_transport(&self.p("crea_china_co2/transport_volumes_monthly.csv"))?);
+        months.retain(keep);
+        months.sort_by(|a, b| (a.signal, a.scope, a.month).cmp(&(b.signal, b.scope, b.month)));
+        Ok((inv, months))
+    }
+}
+
+/// Seven significant digits: more than any source publishes.
+fn round_sig(v: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    let digits = 7 - (v.abs().log10().floor() as i32 + 1);
+    format!("{:.*}", digits.max(0) as usize, v)
+}
+
+/// Writes the bundled extract to `out` (inventory and monthly proxies as CSV).
+pub fn write_extract(out: &Path, inv: &InventoryPanel, months: &[ProxyMonth]) -> Result<()> {
+    let mut s = String::from("year,province,item,mtco2\n");
+    // The industry sector total is derived from its groups on load; do not write it twice.
+    for (p, item, year, v) in inv.iter().filter(|x| x.1 != InventoryItem::Sector(Sector::Industry)) {
+        let _ = writeln!(s, "{year},{},{},{v:.6}", p.name_en(), item_name(item));
+    }
+    let f = out.join(INVENTORY_FILE);
+    std::fs::create_dir_all(f.parent().expect("has parent")).map_err(|e| DataError::io(&f, e))?;
+    std::fs::write(&f, s).map_err(|e| DataError::io(&f, e))?;
+    let mut s = String::from("signal,scope,month,value,unit,provenance\n");
+    for m in months {
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{}",
+            m.signal,
+            scope_name(m.scope),
+            m.month,
+            round_sig(m.value),
+            m.signal.unit(),
+            provenance_name(&m.provenance),
+        );
+    }
+    let f = out.join(PROXIES_FILE);
+    std::fs::create_dir_all(f.parent().expect("has parent")).map_err(|e| DataError::io(&f, e))?;
+    std::fs::write(&f, s).map_err(|e| DataError::io(&f, e))?;
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! Proxy loaders for the real sources, each producing monthly values in canonical units
+//! (GWh, t, index) with their provenance.
+
+use crate::error::{DataError, Result, Table};
+use crate::wind;
+use co2cast_model::calendar::{DayFactorTable, HolidayCalendar};
+use co2cast_model::domain::{Province, Sector};
+use co2cast_model::proxy::{Scope, Signal};
+use co2cast_model::series::{MonthlyProvenance, YearMonth, months_from_ytd};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// A monthly proxy value with where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyMonth {
+    pub signal: Signal,
+    pub scope: Scope,
+    pub month: YearMonth,
+    /// In `signal.unit()`.
+    pub value: f64,
+    pub provenance: MonthlyProvenance,
+    pub source: String,
+}
+
+/// Differencing of YTD series per (signal, scope), splitting combined Jan–Feb releases by the
+/// sector's activity-day weights.
+pub fn difference_ytd(
+    series: BTreeMap<(Signal, Scope), Vec<(YearMonth, f64)>>,
+    sector: Sector,
+    source: &str,
+    file: &Path,
+) -> Result<Vec<ProxyMonth>> {
+    let cal = HolidayCalendar::official();
+    let f = DayFactorTable::bundled();
+    let weight = |d| f.factor(sector, &cal, d);
+    let mut out = Vec::new();
+    for ((signal, scope), pts) in series {
+        let months = months_from_ytd(&pts, &weight).map_err(|e| DataError::content(file, format!("{signal}: {e}")))?;
+        out.extend(months.into_iter().map(|m| ProxyMonth {
+            signal,
+            scope,
+            month: m.month,
+            value: m.value,
+            provenance: m.provenance,
+            source: source.to_string(),
+        }));
+    }
+    Ok(out)
+}
+
+/// CREA's tidy provincial generation by source (`province,variable,year_month,
+/// ytd_value_1e4kwh_inferred,…`): YTD in 1e4 kWh → monthly GWh.
+pub fn load_crea_provincial_generation(path: &Path) -> Result<Vec<ProxyMonth>> {
+    let t = Table::read(path)?;
+    let (cp, cv, cm, cx) =
+        (t.col("province")?, t.col("variable")?, t.col("year_month")?, t.col("ytd_value_1e4kwh_inferred")?);
+    let mut series: BTreeMap<(Signal, Scope), Vec<(YearMonth, f64)>> = BTreeMap::new();
+    for i in 0..t.rows.len() {
+        let signal = match t.str(i, cv) {
+            "thermal" => Signal::ThermalGeneration,
+            "hydro" => Signal::HydroGeneration,
+            _ => continue,
+        };
+        let p: Province =
+            t.str(i, cp).parse().map_err(|e| DataError::field(&t.file, t.line(i), "province", format!("{e}")))?;
+        let ym = YearMonth::parse(t.str(i, cm))
+            .ok_or_else(|| DataError::field(&t.file, t.line(i), "year_month", format!("bad month `{}`", t.str(i, cm))))?;
+        if t.str(i, cx).is_empty() {
+            continue;
+        }
+        let v = t.f64(i, cx)?;
+        // 1e4 kWh = 0.01 GWh.
+        series.entry((signal, Scope::Province(p))).or_default().push((ym, v * 0.01));
+    }
+    difference_ytd(series, Sector::Power, "NBS via CREA chinatracker (YTD differenced)", path)
+}
+
+/// NBS long-format exports (`indicator,…,value_type,unit,…,province,yyyymm,value`): monthly
+/// values are used where published; YTD fills the rest (differenced).
+pub fn load_nbs_long(path: &Path) -> Result<Vec<ProxyMonth>> {
+    let t = Table::read(path)?;
+    let (ci, ct, cu, cp, cm, cx) =
+        (t.col("indicator")?, t.col("value_type")?, t.col("unit")?, t.col("province")?, t.col("yyyymm")?, t.col("value")?);
+    let mut monthly: BTreeMap<(Signal, Scope, YearMonth), f64> = BTreeMap::new();
+    let mut ytd: BTreeMap<(Signal, Scope), Vec<(YearMonth, f64)>> = BTreeMap::new();
+    for i in 0..t.rows.len() {
+        let ind = t.str(i, ci);
+        let signal = match ind {
+            "thermal_power_generation" => Signal::ThermalGeneration,
+            "hydro_power_generation" => Signal::HydroGeneration,
+            other => match other.parse::<Signal>() {
+                Ok(s) => s,
+                Err(_) => continue,
+            },
+        };
+        let unit = t.str(i, cu);
+        let mult = if unit.starts_with("10^8 kWh") {
+            100.0
+        } else if unit == "10^4 t" {
+            1.0e4
+        } else if unit == "10^4 weight cases" {
+            // Flat glass: 1 weight case = 50 kg of 2 mm glass.
+            500.0
+        } else {
+            return Err(DataError::Unit { file: t.file.clone(), field: format!("unit ({ind})"), found: unit.into(), expected: "10^8 kWh, 10^4 t or 10^4 weight cases".into() });
+        };
+        let p: Province =
+            t.str(i, cp).parse().map_err(|e| DataError::field(&t.file, t.line(i), "province", format!("{e}")))?;
+        let ym = YearMonth::parse(t.str(i, cm))
+            .ok_or_else(|| DataError::field(&t.file, t.line(i), "yyyymm", format!("bad month `{}`", t.str(i, cm))))?;
+        let v = t.f64(i, cx)? * mult;
+        match t.str(i, ct) {
+            "monthly" => {
+                // January and February monthly values are not published (reported as 0).
+                if !(ym.month <= 2 && v == 0.0) {
+                    monthly.insert((signal, Scope::Province(p), ym), v);
+                }
+            }
+            "cumulative_ytd" => ytd.entry((signal, Scope::Province(p))).or_default().push((ym, v)),
+            other => return Err(DataError::field(&t.file, t.line(i), "value_type", format!("unknown `{other}`"))),
+        }
+    }
+    let sector_of = |s: Signal| if matches!(s, Signal::ThermalGeneration | Signal::HydroGeneration) { Sector::Power } else { Sector::Industry };
+    let mut out = Vec::new();
+    let mut by_sector: BTreeMap<Sector, BTreeMap<(Signal, Scope), Vec<(YearMonth, f64)>>> = BTreeMap::new();
+    for (k, v) in ytd {
+        by_sector.entry(sector_of(k.0)).or_default().insert(k, v);
+    }
+    for (sector, series) in by_sector {
+        for m in difference_ytd(series, sector, "NBS provincial monthly (YTD differenced)", path)? {
+            if !monthly.contains_key(&(m.signal, m.scope, m.month)) {
+                out.push(m);
+            }
+        }
+    }
+    out.extend(monthly.into_iter().map(|((signal, scope, month), value)| ProxyMonth {
+        signal,
+        scope,
+        month,
+        value,
+        provenance: MonthlyProvenance::Reported,
+        source: "NBS provincial monthly (reported)".into(),
+    }));
+    Ok(out)
+}
+
+/// Which province a Wind series name refers to, e.g. `China: Hebei: Output: Cement: YTD`.
+fn province_in_name(name: &str) -> Option<Province> {
+    name.split(':').map(str::trim).find_map(|part| Province::parse_lenient(part))
+}
+
+/// Provincial YTD output series from Wind exports, for the named product.
+pub fn load_wind_provincial_output(path: &Path, product: &str, signal: Signal) -> Result<Vec<ProxyMonth>> {
+    let series = wind::load(path)?;
+    let mut ytd: BTreeMap<(Signal, Scope), Vec<(YearMonth, f64)>> = BTreeMap::new();
+    let needle = format!("Output: {product}: YTD");
+    for s in series.iter().filter(|s| s.name.contains(&needle) && !s.name.starts_with('(')) {
+        let Some(p) = province_in_name(&s.name) else { continue };
+        let mult = match s.unit.as_str() {
+            "ton" => 1.0,
+            "10000 tons" => 1.0e4,
+            other => {
+                return Err(DataError::Unit { file: path.to_path_buf(), field: s.name.clone(), found: other.into(), expected: "ton or 10000 tons".into() });
+            }
+        };
+        let entry = ytd.entry((signal, Scope::Province(p))).or_default();
+        if !entry.is_empty() {
+            continue; // the same series can appear twice in one export
+        }
+        for (date, v) in &s.points {
+            if let Some(ym) = YearMonth::parse(date) {
+                // Wind writes 0 for unpublished January YTD values.
+                if *v > 0.0 {
+                    entry.push((ym, v * mult));
+                }
+            }
+        }
+    }
+    if ytd.is_empty() {
+        return Err(DataError::content(path, format!("no provincial `{needle}` series")));
+    }
+    difference_ytd(ytd, Sector::Industry, "NBS via Wind (YTD differenced)", path)
+}
+
+/// National monthly transport series (Wind export of NBS/MOT/CAAC data).
+pub fn load_wind_transport(path: &Path) -> Result<Vec<ProxyMonth>> {
+    let series = wind::load(path)?;
+    let pick = |name: &str| series.iter().find(|s| s.name == name);
+    let mut out = Vec::new();
+    let wanted = [
+        ("China: Highway Freight Ton-kilometers", Signal::HighwayFreight),
+        ("China: Highway Passenger-kilometers", Signal::HighwayPassengers),
+        ("China: Civil Aviation Passenger-kilometers: Domestic Routes", Signal::AviationPassengers),
+    ];
+    for (name, signal) in wanted {
+        let s = pick(name).ok_or_else(|| DataError::missing(path, name))?;
+        for (date, v) in &s.points {
+            if let Some(ym) = YearMonth::parse(date)
+                && *v > 0.0
+            {
+                out.push(ProxyMonth {
+                    signal,
+                    scope: Scope::National,
+                    month: ym,
+                    value: *v,
+                    provenance: MonthlyProvenance::Reported,
+                    source: format!("{} ({})", s.name, s.unit),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
