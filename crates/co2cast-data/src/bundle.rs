@@ -61,7 +61,7 @@ fn provenance_name(p: &MonthlyProvenance) -> String {
     }
 }
 
-fn inventory_from_bytes(file: &Path, bytes: &[u8]) -> Result<InventoryPanel> {
+pub fn inventory_from_bytes(file: &Path, bytes: &[u8]) -> Result<InventoryPanel> {
     let t = Table::from_bytes(file, bytes)?;
     let (cy, cp, ci, cv) = (t.col("year")?, t.col("province")?, t.col("item")?, t.col("mtco2")?);
     let mut inv = InventoryPanel::new("CEADs provincial inventories (derived extract, see data/PROVENANCE.md)");
@@ -74,7 +74,7 @@ fn inventory_from_bytes(file: &Path, bytes: &[u8]) -> Result<InventoryPanel> {
     Ok(inv)
 }
 
-fn proxies_from_bytes(file: &Path, bytes: &[u8]) -> Result<ProxyPanel> {
+pub fn proxies_from_bytes(file: &Path, bytes: &[u8]) -> Result<ProxyPanel> {
     let t = Table::from_bytes(file, bytes)?;
     let (cs, cc, cm, cv, cu) = (t.col("signal")?, t.col("scope")?, t.col("month")?, t.col("value")?, t.col("unit")?);
     let mut px = ProxyPanel::new();

@@ -69,6 +69,10 @@ pub fn load_crea_provincial_generation(path: &Path) -> Result<Vec<ProxyMonth>> {
             continue;
         }
         let v = t.f64(i, cx)?;
+        // An unpublished January (combined Jan–Feb release) is written as 0.
+        if ym.month == 1 && v == 0.0 {
+            continue;
+        }
         // 1e4 kWh = 0.01 GWh.
         series.entry((signal, Scope::Province(p))).or_default().push((ym, v * 0.01));
     }
@@ -116,7 +120,11 @@ pub fn load_nbs_long(path: &Path) -> Result<Vec<ProxyMonth>> {
                     monthly.insert((signal, Scope::Province(p), ym), v);
                 }
             }
-            "cumulative_ytd" => ytd.entry((signal, Scope::Province(p))).or_default().push((ym, v)),
+            "cumulative_ytd" => {
+                if !(ym.month == 1 && v == 0.0) {
+                    ytd.entry((signal, Scope::Province(p))).or_default().push((ym, v));
+                }
+            }
             other => return Err(DataError::field(&t.file, t.line(i), "value_type", format!("unknown `{other}`"))),
         }
     }

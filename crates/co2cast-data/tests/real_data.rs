@@ -1,0 +1,139 @@
+//! Loader tests on the real public files in `../shared/data` (present beside the repository
+//! on every developer machine and in CI), plus bad-file fixtures.
+
+use co2cast_data::bundle::{self, RawSources};
+use co2cast_data::{ceads, proxies, DataError};
+use co2cast_model::domain::{CeadsSectorMap, Province, Sector};
+use co2cast_model::inventory::InventoryItem;
+use co2cast_model::proxy::{Scope, Signal};
+use co2cast_model::series::{MonthlyProvenance, YearMonth};
+use std::path::{Path, PathBuf};
+
+fn shared() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+    if p.join("README.md").exists() {
+        return Some(p);
+    }
+    // In CI the data must be there: a silent skip would hide a broken test.
+    assert!(std::env::var_os("CI").is_none(), "shared/data not found beside the repository at {}", p.display());
+    eprintln!("skipping: {} not present", p.display());
+    None
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+#[test]
+fn ceads_workbooks_of_both_label_vintages_load_and_close() {
+    let Some(d) = shared() else { return };
+    let map = CeadsSectorMap::bundled();
+    for (year, label_era) in [(2019, "TotalEmissions"), (2016, "Total Consumption")] {
+        let f = d.join(format!("ceads/raw_xlsx/Emission_Inventories_for_30_Provinces_{year}.xlsx"));
+        let recs = ceads::load_workbook(&f).unwrap_or_else(|e| panic!("{label_era}: {e}"));
+        let inv = ceads::to_inventory(&recs, &map, "test").unwrap();
+        assert_eq!(inv.provinces().len(), 30, "{year}");
+        // Against the tidy CSV, which has the same totals without the fuel split.
+        let tidy = ceads::load_tidy_csv(&d.join("ceads/ceads_province_sector_scope1_1997_2019.csv")).unwrap();
+        for p in [Province::Beijing, Province::Hebei, Province::Guangdong] {
+            let tidy_total: f64 = tidy.iter().filter(|r| r.year == year && r.province == p).map(|r| r.mtco2).sum();
+            let total = inv.total(p, year).unwrap();
+            assert!((total - tidy_total).abs() < 1e-2, "{p} {year}: {total} vs {tidy_total}");
+        }
+    }
+    // Known values: Beijing's 2019 power sector is 31.92 Mt; aviation is the transport kerosene.
+    let recs = ceads::load_workbook(&d.join("ceads/raw_xlsx/Emission_Inventories_for_30_Provinces_2019.xlsx")).unwrap();
+    let inv = ceads::to_inventory(&recs, &map, "test").unwrap();
+    assert!((inv.sector(Province::Beijing, Sector::Power, 2019).unwrap() - 31.9245).abs() < 1e-3);
+    assert!(inv.sector(Province::Shanghai, Sector::Aviation, 2019).unwrap() > 20.0);
+}
+
+#[test]
+fn tidy_csv_without_fuels_maps_whole_sectors() {
+    let Some(d) = shared() else { return };
+    let recs = ceads::load_tidy_csv(&d.join("ceads/ceads_province_sector_scope1_1997_2019.csv")).unwrap();
+    let inv = ceads::to_inventory(&recs, &CeadsSectorMap::bundled(), "tidy").unwrap();
+    assert_eq!(inv.years().len(), 23);
+    // Without the fuel split nothing can be attributed to aviation.
+    assert!(inv.sector(Province::Shanghai, Sector::Aviation, 2019).is_none());
+    let national: f64 = inv.provinces().iter().map(|p| inv.total(*p, 2019).unwrap()).sum();
+    assert!(national > 9000.0 && national < 12000.0, "{national}");
+}
+
+#[test]
+fn thermal_generation_is_differenced_with_jan_feb_split() {
+    let Some(d) = shared() else { return };
+    let m = proxies::load_crea_provincial_generation(&d.join("crea_china_co2/provincial_generation_by_source_monthly_ytd_1997_2024_tidy.csv")).unwrap();
+    let bj2019: f64 = m
+        .iter()
+        .filter(|x| x.signal == Signal::ThermalGeneration && x.scope == Scope::Province(Province::Beijing) && x.month.year == 2019)
+        .map(|x| x.value)
+        .sum();
+    // NBS: Beijing thermal 2019 = 420.5 × 1e8 kWh = 42,050 GWh.
+    assert!((bj2019 - 42_050.0).abs() < 1.0, "{bj2019}");
+    let jan = m
+        .iter()
+        .find(|x| x.signal == Signal::ThermalGeneration && x.scope == Scope::Province(Province::Beijing) && x.month == YearMonth::new(2019, 1))
+        .unwrap();
+    assert!(matches!(jan.provenance, MonthlyProvenance::JanFebSplit { share } if share > 0.45 && share < 0.6), "{jan:?}");
+}
+
+#[test]
+fn nbs_long_matches_published_national_sum() {
+    let Some(d) = shared() else { return };
+    let m = proxies::load_nbs_long(&d.join("nbs_proxies/nbs_provincial_monthly_power_generation_2015_2022_long.csv")).unwrap();
+    let thermal_2019: f64 = m.iter().filter(|x| x.signal == Signal::ThermalGeneration && x.month.year == 2019).map(|x| x.value).sum();
+    // shared/data README: 2019 national thermal 51,654 × 1e8 kWh.
+    assert!((thermal_2019 / 5_165_400.0 - 1.0).abs() < 0.01, "{thermal_2019}");
+    let ind = proxies::load_nbs_long(&d.join("nbs_proxies/nbs_provincial_monthly_industrial_output_2015_2021_long.csv")).unwrap();
+    assert!(ind.iter().any(|x| x.signal == Signal::Cement && x.scope == Scope::Province(Province::Hebei)));
+    assert!(ind.iter().all(|x| x.value >= 0.0));
+}
+
+#[test]
+fn wind_exports_give_provincial_output_and_transport() {
+    let Some(d) = shared() else { return };
+    let w = d.join("crea_china_co2/wind_format_raw/iron_and_steel_output_by_province.csv");
+    let pig = proxies::load_wind_provincial_output(&w, "Pig Iron", Signal::PigIron).unwrap();
+    let hebei: f64 = pig.iter().filter(|x| x.scope == Scope::Province(Province::Hebei) && x.month.year == 2019).map(|x| x.value).sum();
+    assert!((hebei / 2.1774e8 - 1.0).abs() < 0.001, "{hebei}");
+    let t = proxies::load_wind_transport(&d.join("crea_china_co2/transport_volumes_monthly.csv")).unwrap();
+    assert!(t.iter().any(|x| x.signal == Signal::AviationPassengers && x.month == YearMonth::new(2019, 7)));
+}
+
+#[test]
+fn bundled_extract_is_what_the_raw_sources_give() {
+    let Some(d) = shared() else { return };
+    let (inv, months) = RawSources::at(&d).load(2005..=2019).unwrap();
+    let emb = co2cast_data::embedded().unwrap();
+    for (p, item, year, v) in inv.iter() {
+        let e = emb.inventory.get(p, item, year).unwrap_or(f64::NAN);
+        assert!((e - v).abs() < 1e-5 * v.abs().max(1.0), "{p} {item:?} {year}: {e} vs {v}");
+    }
+    assert_eq!(months.len(), emb.proxies.monthly_len());
+    for m in months.iter().step_by(97) {
+        let e = emb.proxies.monthly(m.signal, m.scope, m.month).unwrap();
+        assert!((e - m.value).abs() <= 1e-6 * m.value.abs().max(1.0), "{m:?} vs {e}");
+    }
+    assert!(emb.inventory.get(Province::Hebei, InventoryItem::Sector(Sector::Industry), 2019).unwrap() > 100.0);
+}
+
+fn expect_err(r: Result<impl std::fmt::Debug, DataError>, needles: &[&str]) {
+    let e = r.expect_err("bad input must be an error").to_string();
+    for n in needles {
+        assert!(e.contains(n), "error `{e}` should mention `{n}`");
+    }
+}
+
+#[test]
+fn bad_files_give_errors_naming_file_and_field() {
+    assert_eq!(ceads::load_workbook(&fixture("good_tiny_2019.xlsx")).unwrap().len(), 3);
+    expect_err(ceads::load_workbook(&fixture("bad_sheet_2019.xlsx")), &["bad_sheet_2019.xlsx", "Atlantis2019", "not a province"]);
+    expect_err(ceads::load_workbook(&fixture("bad_unit_2019.xlsx")), &["bad_unit_2019.xlsx", "Hebei2019/Raw_Coal", "kt CO2"]);
+    expect_err(ceads::load_workbook(&fixture("missing_column_2019.xlsx")), &["missing_column_2019.xlsx", "Scope_1_Total"]);
+    expect_err(ceads::load_tidy_csv(&fixture("missing_sector_column.csv")), &["missing_sector_column.csv", "`sector`"]);
+    let f = fixture("unit_mismatch_monthly.csv");
+    expect_err(bundle::proxies_from_bytes(&f, &std::fs::read(&f).unwrap()), &["unit_mismatch_monthly.csv", "unit", "GWh"]);
+    expect_err(ceads::load_workbook(&fixture("does_not_exist_2019.xlsx")), &["does_not_exist_2019.xlsx"]);
+    expect_err(co2cast_data::load_dir(&fixture("")), &["neither a bundled extract"]);
+}
