@@ -23,6 +23,9 @@ pub struct Args {
     /// Monte Carlo members.
     #[arg(long, default_value_t = 400)]
     members: usize,
+    /// Model settings as JSON (see `co2cast model-config`); defaults to the built-in ones.
+    #[arg(long)]
+    model_config: Option<PathBuf>,
     /// Seed of the ensemble.
     #[arg(long, default_value_t = 20_190_101)]
     seed: u64,
@@ -36,12 +39,19 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     if a.members < 40 {
         return Err("--members must be at least 40 for 95 % bands".into());
     }
+    let cfg: ModelConfig = match &a.model_config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
+        }
+        None => ModelConfig::default(),
+    };
     let report = run_backtest(
         &data.inventory,
         &data.proxies,
         a.base_year,
         a.target_year,
-        &ModelConfig::default(),
+        &cfg,
         EnsembleSettings { members: a.members, seed: a.seed },
     )?;
     if a.json {

@@ -17,6 +17,8 @@ struct Cli {
 enum Command {
     /// Calibrate on inventory year Y only, estimate year T from proxies, score against the inventory.
     Backtest(backtest::Args),
+    /// Print the default model settings as JSON (edit and pass with --model-config).
+    ModelConfig,
     /// Rebuild the bundled extract in data/ from the raw public sources.
     Extract {
         /// The raw data tree (the repository's ../shared/data).
@@ -33,6 +35,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Backtest(args) => backtest::run(args),
         Command::Extract { shared, out } => extract(&shared, &out),
+        Command::ModelConfig => serde_json::to_string_pretty(&co2cast_model::calibration::ModelConfig::default())
+            .map(|s| println!("{s}"))
+            .map_err(|e| e.into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

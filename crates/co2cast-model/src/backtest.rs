@@ -94,7 +94,7 @@ pub fn run(
         return Err(BacktestError::NoTarget(target_year));
     }
     // Calibration sees inventory years ≤ base_year only (enforced inside `calibrate`).
-    let calibration = calibrate(inventory, proxies, base_year, cfg)?;
+    let calibration = calibrate(inventory, proxies, base_year, (target_year - base_year) as u32, cfg)?;
     let (hc, df) = (HolidayCalendar::official(), DayFactorTable::bundled());
     // The estimator reads only the base-year inventory; give it nothing later.
     let base_inv = inventory.up_to(base_year);

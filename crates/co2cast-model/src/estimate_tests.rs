@@ -4,7 +4,7 @@ use crate::testkit::synthetic_world;
 
 fn setup() -> (InventoryPanel, ProxyPanel, Calibration) {
     let (inv, px) = synthetic_world(0.8, 0.02, 3);
-    let cal = calibrate(&inv, &px, 2016, &ModelConfig::default()).unwrap();
+    let cal = calibrate(&inv, &px, 2016, 1, &ModelConfig::default()).unwrap();
     (inv, px, cal)
 }
 

@@ -212,6 +212,8 @@ pub struct RowScale {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Calibration {
     pub base_year: i32,
+    /// Years between the base year and the estimates this calibration is for.
+    pub horizon_years: u32,
     pub fit_years: (i32, i32),
     pub config: ModelConfig,
     pub fits: Vec<ComponentFit>,
@@ -238,24 +240,26 @@ impl Calibration {
     }
 }
 
-/// One-step pair data for a component: (province, year, x = proxy ratio − 1, y = emission ratio − 1).
+/// `k`-year pairs of a component ending in `years`: (province, end year, proxy ratio,
+/// emissions at the start, emissions at the end).
 fn pairs(
     spec: &ComponentSpec,
     inv: &InventoryPanel,
     proxies: &ProxyPanel,
     years: std::ops::RangeInclusive<i32>,
+    k: i32,
 ) -> Vec<(Province, i32, Option<f64>, f64, f64)> {
     let mut out = Vec::new();
     for y in years {
         for p in Province::ALL {
-            let (Some(e0), Some(e1)) = (inv.get(p, spec.item, y - 1), inv.get(p, spec.item, y)) else {
+            let (Some(e0), Some(e1)) = (inv.get(p, spec.item, y - k), inv.get(p, spec.item, y)) else {
                 continue;
             };
             // Tiny items (< 0.05 Mt) make ratios meaningless.
             if e0 < 0.05 || e1 < 0.0 {
                 continue;
             }
-            let r = if spec.signals.is_empty() { None } else { spec.annual_ratio(proxies, p, y - 1, y) };
+            let r = if spec.signals.is_empty() { None } else { spec.annual_ratio(proxies, p, y - k, y) };
             out.push((p, y, r, e0, e1));
         }
     }
@@ -266,24 +270,29 @@ fn fit_form(
     data: &[(Province, i32, Option<f64>, f64, f64)],
     free: Free,
     bounds: (f64, f64),
+    k: i32,
 ) -> (f64, f64) {
     // Observations without a proxy ratio only inform the drift.
     let x: Vec<f64> = data.iter().map(|d| d.2.map(|r| r - 1.0).unwrap_or(0.0)).collect();
     let y: Vec<f64> = data.iter().map(|d| d.4 / d.3 - 1.0).collect();
     let (b, a) = huber_fit(&x, &y, free);
     let phi = if free.slope { b.clamp(bounds.0, bounds.1) } else { 0.0 };
-    // Drift as a log rate.
-    let mu = if free.intercept { (1.0 + a).max(0.5).ln() } else { 0.0 };
+    // Drift as a log rate per year.
+    let mu = if free.intercept { (1.0 + a).max(0.5).ln() / k as f64 } else { 0.0 };
     (phi, mu)
 }
 
-/// Fits every component and the residual scales on inventory years ≤ `base_year`.
+/// Fits every component and the residual scales on inventory years ≤ `base_year`, for
+/// estimates `horizon_years` after it: pairs, form selection and residual scales all use
+/// that horizon, so a two-year-ahead band is calibrated on two-year-ahead errors.
 pub fn calibrate(
     inventory: &InventoryPanel,
     proxies: &ProxyPanel,
     base_year: i32,
+    horizon_years: u32,
     cfg: &ModelConfig,
 ) -> Result<Calibration, CalibrationError> {
+    let k = horizon_years.max(1) as i32;
     // The one place the base-year rule is enforced: nothing later is visible from here on.
     let inv = inventory.up_to(base_year);
     let years = inv.years();
@@ -291,11 +300,11 @@ pub fn calibrate(
         return Err(CalibrationError::NoBaseYear(base_year));
     }
     let earlier = years.iter().filter(|y| **y < base_year).count();
-    let need = cfg.fit_window_years.min(3);
+    let need = cfg.fit_window_years.min(3) + k as u32 - 1;
     if earlier < need as usize {
         return Err(CalibrationError::TooLittleHistory { base: base_year, need, found: earlier });
     }
-    let first_fit_year = (base_year - cfg.fit_window_years as i32 + 1).max(years[0] + 1);
+    let first_fit_year = (base_year - cfg.fit_window_years as i32 + 1).max(years[0] + k);
 
     let mut fits = Vec::new();
     for spec in &cfg.components {
@@ -309,19 +318,19 @@ pub fn calibrate(
         let mut best: Option<(f64, Free)> = None;
         for form in &forms {
             let mut errs = Vec::new();
-            for origin in (base_year - cfg.selection_origins as i32)..base_year {
-                let start = (origin - cfg.fit_window_years as i32 + 1).max(years[0] + 1);
+            for origin in (base_year - k - cfg.selection_origins as i32 + 1)..=(base_year - k) {
+                let start = (origin - cfg.fit_window_years as i32 + 1).max(years[0] + k);
                 if origin < start + 1 {
                     continue;
                 }
-                let train = pairs(spec, &inv, proxies, start..=origin);
+                let train = pairs(spec, &inv, proxies, start..=origin, k);
                 if train.len() < 5 {
                     continue;
                 }
-                let (phi, mu) = fit_form(&train, *form, cfg.phi_bounds);
+                let (phi, mu) = fit_form(&train, *form, cfg.phi_bounds, k);
                 let fit = ComponentFit { phi, mu_per_year: mu, phi_free: form.slope, mu_free: form.intercept, n_pairs: 0, selection_abs_log_err: 0.0 };
-                for (_, _, r, e0, e1) in pairs(spec, &inv, proxies, (origin + 1)..=(origin + 1)) {
-                    let pred = e0 * fit.multiplier(r, 1.0);
+                for (_, _, r, e0, e1) in pairs(spec, &inv, proxies, (origin + k)..=(origin + k), k) {
+                    let pred = e0 * fit.multiplier(r, k as f64);
                     if pred > 0.0 && e1 > 0.0 {
                         errs.push((e1 / pred).ln().abs());
                     }
@@ -338,8 +347,8 @@ pub fn calibrate(
             }
         }
         let (score, form) = best.unwrap_or((f64::NAN, Free { slope: false, intercept: false }));
-        let data = pairs(spec, &inv, proxies, first_fit_year..=base_year);
-        let (phi, mu) = fit_form(&data, form, cfg.phi_bounds);
+        let data = pairs(spec, &inv, proxies, first_fit_year..=base_year, k);
+        let (phi, mu) = fit_form(&data, form, cfg.phi_bounds, k);
         fits.push(ComponentFit {
             phi,
             mu_per_year: mu,
@@ -350,9 +359,10 @@ pub fn calibrate(
         });
     }
 
-    let scales = residual_scales(&inv, proxies, cfg, &fits, first_fit_year..=base_year);
+    let scales = residual_scales(&inv, proxies, cfg, &fits, first_fit_year..=base_year, k);
     Ok(Calibration {
         base_year,
+        horizon_years: k as u32,
         fit_years: (first_fit_year - 1, base_year),
         config: cfg.clone(),
         fits,
@@ -369,6 +379,7 @@ fn residual_scales(
     cfg: &ModelConfig,
     fits: &[ComponentFit],
     years: std::ops::RangeInclusive<i32>,
+    k: i32,
 ) -> BTreeMap<(Province, Sector), RowScale> {
     let mut out = BTreeMap::new();
     for sector in Sector::ALL {
@@ -378,7 +389,7 @@ fn residual_scales(
         let mut resid: BTreeMap<Province, BTreeMap<i32, f64>> = BTreeMap::new();
         for y in years.clone() {
             for p in Province::ALL {
-                let (Some(t0), Some(t1)) = (inv.sector(p, sector, y - 1), inv.sector(p, sector, y)) else {
+                let (Some(t0), Some(t1)) = (inv.sector(p, sector, y - k), inv.sector(p, sector, y)) else {
                     continue;
                 };
                 if t0 < 0.05 || t1 <= 0.0 {
@@ -386,9 +397,9 @@ fn residual_scales(
                 }
                 let mut pred = 0.0;
                 for (i, c) in &comps {
-                    let e0 = inv.get(p, c.item, y - 1).unwrap_or(0.0);
-                    let r = if c.signals.is_empty() { None } else { c.annual_ratio(proxies, p, y - 1, y) };
-                    pred += e0 * fits[*i].multiplier(r, 1.0);
+                    let e0 = inv.get(p, c.item, y - k).unwrap_or(0.0);
+                    let r = if c.signals.is_empty() { None } else { c.annual_ratio(proxies, p, y - k, y) };
+                    pred += e0 * fits[*i].multiplier(r, k as f64);
                 }
                 if pred > 0.0 {
                     resid.entry(p).or_default().insert(y, (t1 / pred).ln());
@@ -421,11 +432,18 @@ fn residual_scales(
             let ms = if u.is_empty() { 0.0 } else { u.iter().map(|x| x * x).sum::<f64>() / n };
             let idio_sd = ((n * ms + n0 * pooled_sd * pooled_sd) / (n + n0)).sqrt();
             let base_sd = cfg.base_inventory_rel_sd.min(idio_sd * 0.9);
-            // The one-step residual mixes drift with inventory noise; keep a floor on drift.
+            // The k-year residual mixes drift with inventory noise; keep a floor on drift.
             let drift_sd = (idio_sd * idio_sd - base_sd * base_sd).max((0.3 * idio_sd).powi(2)).sqrt();
+            // Scales are per year since the base year: k steps rebuild the k-year error.
+            let per_year = (k as f64).sqrt();
             out.insert(
                 (p, sector),
-                RowScale { base_sd, drift_sd_per_year: drift_sd, common_sd_per_year: common_sd, n_years: u.len() },
+                RowScale {
+                    base_sd,
+                    drift_sd_per_year: drift_sd / per_year,
+                    common_sd_per_year: common_sd / per_year,
+                    n_years: u.len(),
+                },
             );
         }
     }
