@@ -3,6 +3,7 @@
 //! Loaders for co2cast's real inputs. Every loader reports problems as a [`DataError`] that
 //! names the file and the field; none of them panics on bad input.
 
+pub mod activity;
 pub mod bundle;
 pub mod ceads;
 pub mod error;

@@ -59,6 +59,10 @@ pub fn load_crea_provincial_generation(path: &Path) -> Result<Vec<ProxyMonth>> {
         let signal = match t.str(i, cv) {
             "thermal" => Signal::ThermalGeneration,
             "hydro" => Signal::HydroGeneration,
+            "wind" => Signal::WindGeneration,
+            "solar" => Signal::SolarGeneration,
+            "nuclear" => Signal::NuclearGeneration,
+            // Provincial consumption is a demand series, not a source of emissions.
             _ => continue,
         };
         let p: Province =

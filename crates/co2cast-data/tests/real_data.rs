@@ -137,3 +137,38 @@ fn bad_files_give_errors_naming_file_and_field() {
     expect_err(ceads::load_workbook(&fixture("does_not_exist_2019.xlsx")), &["does_not_exist_2019.xlsx"]);
     expect_err(co2cast_data::load_dir(&fixture("")), &["neither a bundled extract"]);
 }
+
+#[test]
+fn hourly_load_shape_has_the_calendar_in_it() {
+    use co2cast_data::activity::load_hourly_load;
+    use chrono::NaiveDate;
+    let Some(d) = shared() else { return };
+    let load = load_hourly_load(&d.join("misc/provincial_hourly_electricity_demand_2018_ndrc_reconstructed_pypsa_china.csv"), 2018).unwrap();
+    assert_eq!(load.mw.len(), 31);
+    let annual_twh: f64 = load.mw.values().flatten().sum::<f64>() / 1.0e6;
+    assert!((annual_twh - 6900.0).abs() < 100.0, "{annual_twh}");
+    // The national daily energy dips at the Spring Festival (16 Feb 2018) and on Sundays,
+    // which is what the power day factors in day_factors.csv were fitted from.
+    let national = |day: NaiveDate| -> f64 { Province::ALL.iter().map(|p| load.daily_gwh(*p).into_iter().find(|x| x.0 == day).unwrap().1).sum() };
+    let date = |m, d| NaiveDate::from_ymd_opt(2018, m, d).unwrap();
+    assert!(national(date(2, 16)) < 0.9 * national(date(1, 17)));
+    assert!(national(date(6, 10)) < national(date(6, 13)), "Sunday below Wednesday");
+    let shape = load.hourly_shape(Province::Guangdong, date(7, 4)).unwrap();
+    assert!((shape.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    assert!(shape[4] < shape[15], "night below afternoon");
+}
+
+#[test]
+fn passengers_airports_and_coal_load() {
+    use co2cast_data::activity::{load_caac_throughput, load_coal_for_power, load_daily_passengers};
+    let Some(d) = shared() else { return };
+    let daily = load_daily_passengers(&d.join("mobility/mot_daily_passenger_traffic_2020_2023.csv")).unwrap();
+    assert!(daily.len() > 200 && daily.iter().all(|x| x.2 >= 0.0));
+    let caac = load_caac_throughput(&d.join("misc/caac_passenger_throughput_by_region.csv"), &d.join("misc/caac_airport_regions.csv")).unwrap();
+    let im = caac.iter().find(|x| x.scope == Scope::Province(Province::InnerMongolia) && x.month == YearMonth::new(2019, 7));
+    assert!(im.is_some_and(|x| x.value > 1.0e7), "{im:?}");
+    let coal = load_coal_for_power(&d.join("crea_china_co2/coal_use_for_power_generation_by_province_monthly_ytd_2006_2022.csv")).unwrap();
+    let hebei_2019: f64 = coal.iter().filter(|x| x.scope == Scope::Province(Province::Hebei) && x.month.year == 2019).map(|x| x.value).sum();
+    // Jan–Nov YTD 2019 for Hebei: 8,808 × 1e4 t (December is not published in this series).
+    assert!((hebei_2019 / 8.808e7 - 1.0).abs() < 1e-6, "{hebei_2019}");
+}

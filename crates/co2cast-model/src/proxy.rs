@@ -15,6 +15,11 @@ pub enum Signal {
     /// Thermal (fossil + biomass) power generation, GWh.
     ThermalGeneration,
     HydroGeneration,
+    WindGeneration,
+    SolarGeneration,
+    NuclearGeneration,
+    /// Raw coal burned for power generation, tonnes.
+    CoalForPower,
     /// Industrial output, tonnes.
     Cement,
     PigIron,
@@ -41,9 +46,13 @@ pub enum Signal {
 }
 
 impl Signal {
-    pub const ALL: [Signal; 19] = [
+    pub const ALL: [Signal; 23] = [
         Signal::ThermalGeneration,
         Signal::HydroGeneration,
+        Signal::WindGeneration,
+        Signal::SolarGeneration,
+        Signal::NuclearGeneration,
+        Signal::CoalForPower,
         Signal::Cement,
         Signal::PigIron,
         Signal::CrudeSteel,
@@ -67,6 +76,10 @@ impl Signal {
         match self {
             Signal::ThermalGeneration => "thermal_generation",
             Signal::HydroGeneration => "hydro_generation",
+            Signal::WindGeneration => "wind_generation",
+            Signal::SolarGeneration => "solar_generation",
+            Signal::NuclearGeneration => "nuclear_generation",
+            Signal::CoalForPower => "coal_for_power",
             Signal::Cement => "cement",
             Signal::PigIron => "pig_iron",
             Signal::CrudeSteel => "crude_steel",
@@ -89,7 +102,11 @@ impl Signal {
 
     pub fn unit(self) -> &'static str {
         match self {
-            Signal::ThermalGeneration | Signal::HydroGeneration => "GWh",
+            Signal::ThermalGeneration
+            | Signal::HydroGeneration
+            | Signal::WindGeneration
+            | Signal::SolarGeneration
+            | Signal::NuclearGeneration => "GWh",
             Signal::HighwayFreight | Signal::HighwayPassengers | Signal::MobilityIndex => "index",
             Signal::AviationPassengers => "passengers",
             Signal::Temperature => "degC",
