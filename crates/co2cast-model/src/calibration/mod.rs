@@ -207,6 +207,8 @@ pub struct RowScale {
     pub common_sd_per_year: f64,
     /// Residual years behind the province-specific scale.
     pub n_years: usize,
+    /// Widening applied so that held-out residuals of the window are covered (≥ 1).
+    pub tail_factor: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -426,11 +428,30 @@ fn residual_scales(
         let pooled: Vec<f64> = idio.values().flatten().copied().collect();
         let pooled_sd = mad(&pooled).max(0.005);
         let n0 = cfg.shrinkage_years;
+        let shrunk_sd = |u: &[f64], leave_out: Option<usize>| -> f64 {
+            let kept: Vec<f64> =
+                u.iter().enumerate().filter(|(i, _)| Some(*i) != leave_out).map(|(_, x)| *x).collect();
+            let n = kept.len() as f64;
+            let ms = if kept.is_empty() { 0.0 } else { kept.iter().map(|x| x * x).sum::<f64>() / n };
+            ((n * ms + n0 * pooled_sd * pooled_sd) / (n + n0)).sqrt()
+        };
+        // Tail calibration: each residual standardised by its province's scale estimated
+        // without it (leave-one-out), and the factor that makes 95 % of them fall inside
+        // ±1.96. Heavy-tailed inventory jumps widen bands; a well-behaved sector keeps 1.
+        let mut standardised = Vec::new();
+        for u in idio.values() {
+            for i in 0..u.len() {
+                standardised.push(u[i].abs() / shrunk_sd(u, Some(i)));
+            }
+        }
+        let tail_factor = if standardised.len() >= 20 {
+            (robust::quantile(&standardised, 0.95) / 1.96).clamp(1.0, 2.0)
+        } else {
+            1.0
+        };
         for p in Province::ALL {
             let u = idio.get(&p).cloned().unwrap_or_default();
-            let n = u.len() as f64;
-            let ms = if u.is_empty() { 0.0 } else { u.iter().map(|x| x * x).sum::<f64>() / n };
-            let idio_sd = ((n * ms + n0 * pooled_sd * pooled_sd) / (n + n0)).sqrt();
+            let idio_sd = shrunk_sd(&u, None) * tail_factor;
             let base_sd = cfg.base_inventory_rel_sd.min(idio_sd * 0.9);
             // The k-year residual mixes drift with inventory noise; keep a floor on drift.
             let drift_sd = (idio_sd * idio_sd - base_sd * base_sd).max((0.3 * idio_sd).powi(2)).sqrt();
@@ -443,6 +464,7 @@ fn residual_scales(
                     drift_sd_per_year: drift_sd / per_year,
                     common_sd_per_year: common_sd / per_year,
                     n_years: u.len(),
+                    tail_factor,
                 },
             );
         }
