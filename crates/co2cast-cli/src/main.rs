@@ -1,6 +1,7 @@
 //! `co2cast`: streaming estimates of China's CO2 emissions by province and sector.
 
 mod backtest;
+mod estimate;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -17,6 +18,8 @@ struct Cli {
 enum Command {
     /// Calibrate on inventory year Y only, estimate year T from proxies, score against the inventory.
     Backtest(backtest::Args),
+    /// Daily estimates for one year (CSV on stdout), with bands from the joint ensemble.
+    Estimate(estimate::Args),
     /// Print the default model settings as JSON (edit and pass with --model-config).
     ModelConfig,
     /// Rebuild the bundled extract in data/ from the raw public sources.
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Backtest(args) => backtest::run(args),
+        Command::Estimate(args) => estimate::run(args),
         Command::Extract { shared, out } => extract(&shared, &out),
         Command::ModelConfig => serde_json::to_string_pretty(&co2cast_model::calibration::ModelConfig::default())
             .map(|s| println!("{s}"))

@@ -1,0 +1,65 @@
+//! The `co2cast` binary end to end: outputs and clean errors.
+
+use std::process::Command;
+
+fn co2cast(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_co2cast")).args(args).output().expect("binary runs")
+}
+
+#[test]
+fn backtest_json_has_the_summary_keys() {
+    let out = co2cast(&["backtest", "--base-year", "2018", "--target-year", "2019", "--json", "--members", "100"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in [
+        "power_median_abs_pct_err",
+        "power_p90_abs_pct_err",
+        "total_median_abs_pct_err",
+        "total_p90_abs_pct_err",
+        "persistence_total_median_abs_pct_err",
+        "coverage_95",
+        "median_rel_halfwidth_95",
+    ] {
+        assert!(v["summary"][k].is_number(), "summary.{k} missing");
+    }
+    let cov = v["summary"]["coverage_95"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&cov));
+}
+
+#[test]
+fn backtest_table_ends_with_a_summary() {
+    let out = co2cast(&["backtest", "--base-year", "2016", "--target-year", "2017", "--members", "60"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("Hebei") && text.contains("TOTAL") && text.contains("coverage_95"), "{text}");
+}
+
+#[test]
+fn estimate_prints_daily_rows_with_bands() {
+    let out = co2cast(&["estimate", "--base-year", "2018", "--year", "2019", "--province", "Hebei", "--sector", "power", "--members", "60"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1 + 365);
+    assert!(lines[1].starts_with("2019-01-01,CN-HE,power,"));
+    assert!(lines[1].contains(",proxy,1.000,thermal_generation,2018,"));
+}
+
+#[test]
+fn errors_are_messages_not_panics() {
+    for args in [
+        vec!["backtest", "--base-year", "2030", "--target-year", "2031"],
+        vec!["backtest", "--base-year", "2018", "--target-year", "2019", "--data", "/nonexistent/dir"],
+        vec!["estimate", "--base-year", "2019", "--year", "2018"],
+        vec!["estimate", "--base-year", "2018", "--year", "2019", "--province", "Atlantis"],
+        vec!["backtest", "--base-year", "2018", "--target-year", "2019", "--model-config", "/nonexistent.json"],
+    ] {
+        let out = co2cast(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.contains("error"), "{args:?}: {err}");
+    }
+    let out = co2cast(&["backtest", "--base-year", "2018", "--target-year", "2019", "--data", "/nonexistent/dir"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dir"));
+}
