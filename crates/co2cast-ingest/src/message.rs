@@ -1,0 +1,72 @@
+//! The JSON contract of proxy messages (see `proxies/README.md` and `proxies/schemas/`).
+
+use serde::Deserialize;
+
+/// Topics, one per signal family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Topic {
+    PowerGeneration,
+    IndustryOutput,
+    MobilityIndex,
+    AviationActivity,
+    WeatherTemperature,
+}
+
+impl Topic {
+    pub const ALL: [Topic; 5] =
+        [Topic::PowerGeneration, Topic::IndustryOutput, Topic::MobilityIndex, Topic::AviationActivity, Topic::WeatherTemperature];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Topic::PowerGeneration => "proxy.power.generation",
+            Topic::IndustryOutput => "proxy.industry.output",
+            Topic::MobilityIndex => "proxy.mobility.index",
+            Topic::AviationActivity => "proxy.aviation.activity",
+            Topic::WeatherTemperature => "proxy.weather.temperature",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Topic> {
+        Topic::ALL.iter().copied().find(|t| t.name() == s)
+    }
+
+    /// The `<signal>` part of message keys.
+    pub fn key_prefix(self) -> &'static str {
+        self.name().trim_start_matches("proxy.")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    Hour,
+    Day,
+    Month,
+}
+
+/// A proxy message as it arrives. Unknown fields are rejected, so a typo cannot silently
+/// drop information.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxyMessage {
+    pub province: String,
+    pub period_start: String,
+    pub granularity: Granularity,
+    pub value: f64,
+    pub unit: String,
+    pub source: String,
+    #[serde(default)]
+    pub revision: Option<u32>,
+    #[serde(default)]
+    pub observed_at: Option<String>,
+    #[serde(default)]
+    pub fuel: Option<String>,
+    #[serde(default)]
+    pub product: Option<String>,
+    #[serde(default)]
+    pub value_type: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub city: Option<String>,
+}

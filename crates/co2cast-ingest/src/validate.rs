@@ -1,0 +1,354 @@
+//! Decoding and validation of proxy messages. A message either becomes a [`ValidProxy`] in
+//! canonical units, or a [`Reject`] with a bounded error code and a human reason; nothing is
+//! dropped silently and nothing panics.
+
+use crate::caps::PlausibilityCaps;
+use crate::message::{Granularity, RawProxyMessage, Topic};
+use chrono::{DateTime, Datelike, Duration, NaiveDateTime, Timelike, Utc};
+use co2cast_model::calendar::shanghai;
+use co2cast_model::domain::Province;
+use co2cast_model::domain::units::normalise_unit;
+use co2cast_model::proxy::{Scope, Signal};
+use serde::Serialize;
+use std::fmt;
+
+/// Why a message was rejected. The set is closed so it can label metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectCode {
+    UnknownTopic,
+    MalformedJson,
+    KeyMismatch,
+    MissingTimezone,
+    BadTimestamp,
+    MisalignedPeriod,
+    UnknownProvince,
+    UnknownVariant,
+    UnknownUnit,
+    UnitMismatch,
+    MissingRevision,
+    NotFinite,
+    NegativeValue,
+    ImplausibleValue,
+    FuturePeriod,
+    TooOld,
+}
+
+impl RejectCode {
+    pub const ALL: [RejectCode; 16] = [
+        RejectCode::UnknownTopic,
+        RejectCode::MalformedJson,
+        RejectCode::KeyMismatch,
+        RejectCode::MissingTimezone,
+        RejectCode::BadTimestamp,
+        RejectCode::MisalignedPeriod,
+        RejectCode::UnknownProvince,
+        RejectCode::UnknownVariant,
+        RejectCode::UnknownUnit,
+        RejectCode::UnitMismatch,
+        RejectCode::MissingRevision,
+        RejectCode::NotFinite,
+        RejectCode::NegativeValue,
+        RejectCode::ImplausibleValue,
+        RejectCode::FuturePeriod,
+        RejectCode::TooOld,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectCode::UnknownTopic => "unknown_topic",
+            RejectCode::MalformedJson => "malformed_json",
+            RejectCode::KeyMismatch => "key_mismatch",
+            RejectCode::MissingTimezone => "missing_timezone",
+            RejectCode::BadTimestamp => "bad_timestamp",
+            RejectCode::MisalignedPeriod => "misaligned_period",
+            RejectCode::UnknownProvince => "unknown_province",
+            RejectCode::UnknownVariant => "unknown_variant",
+            RejectCode::UnknownUnit => "unknown_unit",
+            RejectCode::UnitMismatch => "unit_mismatch",
+            RejectCode::MissingRevision => "missing_revision",
+            RejectCode::NotFinite => "not_finite",
+            RejectCode::NegativeValue => "negative_value",
+            RejectCode::ImplausibleValue => "implausible_value",
+            RejectCode::FuturePeriod => "future_period",
+            RejectCode::TooOld => "too_old",
+        }
+    }
+}
+
+impl fmt::Display for RejectCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code}: {reason}")]
+pub struct Reject {
+    pub code: RejectCode,
+    pub reason: String,
+}
+
+fn reject<T>(code: RejectCode, reason: impl Into<String>) -> Result<T, Reject> {
+    Err(Reject { code, reason: reason.into() })
+}
+
+/// A correction applied instead of a rejection, recorded with the value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Correction {
+    /// A tiny negative (rounding) set to zero.
+    NegativeToZero { raw: f64 },
+}
+
+/// A validated proxy value in canonical units.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ValidProxy {
+    pub signal: Signal,
+    pub scope: Scope,
+    pub granularity: Granularity,
+    /// Start of the period (UTC instant).
+    pub period_start: DateTime<Utc>,
+    /// In `signal.unit()`.
+    pub value: f64,
+    /// Industry output sent as year-to-date.
+    pub ytd: bool,
+    pub source: String,
+    pub revision: u32,
+    pub observed_at: Option<DateTime<Utc>>,
+    pub corrections: Vec<Correction>,
+}
+
+impl ValidProxy {
+    pub fn local_start(&self) -> NaiveDateTime {
+        self.period_start.with_timezone(&shanghai()).naive_local()
+    }
+
+    pub fn period_end(&self) -> DateTime<Utc> {
+        period_end(self.period_start, self.granularity)
+    }
+}
+
+pub fn period_end(start: DateTime<Utc>, g: Granularity) -> DateTime<Utc> {
+    match g {
+        Granularity::Hour => start + Duration::hours(1),
+        Granularity::Day => start + Duration::days(1),
+        Granularity::Month => {
+            let l = start.with_timezone(&shanghai()).naive_local().date();
+            let (y, m) = if l.month() == 12 { (l.year() + 1, 1) } else { (l.year(), l.month() + 1) };
+            let next = chrono::NaiveDate::from_ymd_opt(y, m, 1).expect("valid month");
+            co2cast_model::calendar::day_start_utc(next)
+        }
+    }
+}
+
+/// Settings of the validator.
+#[derive(Debug, Clone)]
+pub struct ValidationRules {
+    /// A period may end at most this far after `now` (clock skew, early publication).
+    pub future_tolerance: Duration,
+    /// Periods before this are implausible.
+    pub earliest: DateTime<Utc>,
+    /// Negatives down to `-negative_tolerance × cap` are rounding and corrected to zero.
+    pub negative_tolerance: f64,
+}
+
+impl Default for ValidationRules {
+    fn default() -> Self {
+        ValidationRules {
+            future_tolerance: Duration::hours(1),
+            earliest: DateTime::parse_from_rfc3339("2000-01-01T00:00:00+08:00").expect("valid").with_timezone(&Utc),
+            negative_tolerance: 1e-6,
+        }
+    }
+}
+
+fn parse_instant(field: &str, s: &str) -> Result<DateTime<Utc>, Reject> {
+    match DateTime::parse_from_rfc3339(s.trim()) {
+        Ok(t) => Ok(t.with_timezone(&Utc)),
+        Err(_) => {
+            let t = s.trim();
+            let naive = NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S")
+                .or_else(|_| NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S"))
+                .or_else(|_| chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d").map(|d| d.and_hms_opt(0, 0, 0).expect("midnight")));
+            if naive.is_ok() {
+                reject(RejectCode::MissingTimezone, format!("{field} `{s}` has no UTC offset; write e.g. `{t}+08:00`"))
+            } else {
+                reject(RejectCode::BadTimestamp, format!("{field} `{s}` is not an RFC 3339 timestamp"))
+            }
+        }
+    }
+}
+
+fn signal_of(topic: Topic, m: &RawProxyMessage) -> Result<(Signal, bool), Reject> {
+    let need = |field: &str, v: &Option<String>| -> Result<String, Reject> {
+        v.clone().ok_or_else(|| Reject { code: RejectCode::UnknownVariant, reason: format!("{} needs `{field}`", topic.name()) })
+    };
+    match topic {
+        Topic::PowerGeneration => {
+            let fuel = need("fuel", &m.fuel)?;
+            let s = match fuel.as_str() {
+                "thermal" => Signal::ThermalGeneration,
+                "hydro" => Signal::HydroGeneration,
+                "wind" => Signal::WindGeneration,
+                "solar" => Signal::SolarGeneration,
+                "nuclear" => Signal::NuclearGeneration,
+                other => return reject(RejectCode::UnknownVariant, format!("unknown fuel `{other}`")),
+            };
+            Ok((s, false))
+        }
+        Topic::IndustryOutput => {
+            let product = need("product", &m.product)?;
+            let s: Signal = product.parse().map_err(|e: String| Reject { code: RejectCode::UnknownVariant, reason: e })?;
+            if s.unit() != "t" {
+                return reject(RejectCode::UnknownVariant, format!("`{product}` is not an industrial product"));
+            }
+            let ytd = match need("value_type", &m.value_type)?.as_str() {
+                "monthly" => false,
+                "ytd" => true,
+                other => return reject(RejectCode::UnknownVariant, format!("unknown value_type `{other}`")),
+            };
+            Ok((s, ytd))
+        }
+        Topic::MobilityIndex => {
+            let s = match need("kind", &m.kind)?.as_str() {
+                "road_index" => Signal::MobilityIndex,
+                "highway_passengers" => Signal::HighwayPassengers,
+                "highway_freight" => Signal::HighwayFreight,
+                other => return reject(RejectCode::UnknownVariant, format!("unknown mobility kind `{other}`")),
+            };
+            Ok((s, false))
+        }
+        Topic::AviationActivity => match need("kind", &m.kind)?.as_str() {
+            "passengers" | "passenger_km" => Ok((Signal::AviationPassengers, false)),
+            other => reject(RejectCode::UnknownVariant, format!("unknown aviation kind `{other}`")),
+        },
+        Topic::WeatherTemperature => Ok((Signal::Temperature, false)),
+    }
+}
+
+/// Units a signal accepts, after normalisation.
+fn canonical_unit_matches(signal: Signal, canonical: &str) -> bool {
+    match signal.unit() {
+        "index" => matches!(canonical, "index" | "passengers"),
+        "passengers" => matches!(canonical, "passengers" | "index"),
+        u => u == canonical,
+    }
+}
+
+fn check_alignment(start: DateTime<Utc>, g: Granularity) -> Result<(), Reject> {
+    let l = start.with_timezone(&shanghai()).naive_local();
+    let ok = match g {
+        Granularity::Hour => l.minute() == 0 && l.second() == 0,
+        Granularity::Day => l.hour() == 0 && l.minute() == 0 && l.second() == 0,
+        Granularity::Month => l.day() == 1 && l.hour() == 0 && l.minute() == 0 && l.second() == 0,
+    };
+    if ok {
+        Ok(())
+    } else {
+        reject(
+            RejectCode::MisalignedPeriod,
+            format!("period_start {} (Asia/Shanghai {l}) is not the start of a{} {:?}", start.to_rfc3339(), if g == Granularity::Hour { "n" } else { "" }, g).to_lowercase(),
+        )
+    }
+}
+
+/// Decodes and validates one message. `key` is the Kafka key, if any.
+pub fn validate(
+    topic_name: &str,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    now: DateTime<Utc>,
+    caps: &PlausibilityCaps,
+    rules: &ValidationRules,
+) -> Result<ValidProxy, Reject> {
+    let topic = Topic::from_name(topic_name)
+        .ok_or_else(|| Reject { code: RejectCode::UnknownTopic, reason: format!("`{topic_name}` is not a proxy topic") })?;
+    let m: RawProxyMessage = serde_json::from_slice(payload)
+        .map_err(|e| Reject { code: RejectCode::MalformedJson, reason: e.to_string() })?;
+    let (signal, ytd) = signal_of(topic, &m)?;
+    let scope = if m.province.trim() == "CN" {
+        Scope::National
+    } else {
+        Scope::Province(
+            Province::parse_lenient(&m.province)
+                .ok_or_else(|| Reject { code: RejectCode::UnknownProvince, reason: format!("unknown province `{}`", m.province) })?,
+        )
+    };
+    let start = parse_instant("period_start", &m.period_start)?;
+    check_alignment(start, m.granularity)?;
+    if ytd && m.granularity != Granularity::Month {
+        return reject(RejectCode::UnknownVariant, "year-to-date values must be monthly");
+    }
+    if let Some(k) = key {
+        let k = std::str::from_utf8(k).map_err(|_| Reject { code: RejectCode::KeyMismatch, reason: "key is not UTF-8".into() })?;
+        let parts: Vec<&str> = k.splitn(3, '/').collect();
+        let ok = parts.len() == 3
+            && parts[0] == topic.key_prefix()
+            && (if parts[1] == "CN" { scope == Scope::National } else { Province::parse_lenient(parts[1]).map(Scope::Province) == Some(scope) })
+            && DateTime::parse_from_rfc3339(parts[2]).map(|t| t.with_timezone(&Utc) == start).unwrap_or(false);
+        if !ok {
+            return reject(
+                RejectCode::KeyMismatch,
+                format!("key `{k}` does not match `{}/{}/{}`", topic.key_prefix(), m.province, m.period_start),
+            );
+        }
+    }
+    if m.revision.is_none() && m.observed_at.is_none() {
+        return reject(RejectCode::MissingRevision, "a message needs `revision` or `observed_at`");
+    }
+    let observed_at = m.observed_at.as_deref().map(|s| parse_instant("observed_at", s)).transpose()?;
+    let conv = normalise_unit(&m.unit)
+        .ok_or_else(|| Reject { code: RejectCode::UnknownUnit, reason: format!("unknown unit `{}`", m.unit) })?;
+    if !canonical_unit_matches(signal, conv.canonical) {
+        return reject(RejectCode::UnitMismatch, format!("unit `{}` is not a {} unit for {signal}", m.unit, signal.unit()));
+    }
+    if !m.value.is_finite() {
+        return reject(RejectCode::NotFinite, "value is not a finite number");
+    }
+    let end = period_end(start, m.granularity);
+    if end > now + rules.future_tolerance {
+        return reject(RejectCode::FuturePeriod, format!("period ends {} after now ({})", end.to_rfc3339(), now.to_rfc3339()));
+    }
+    if start < rules.earliest {
+        return reject(RejectCode::TooOld, format!("period_start {} is before {}", start.to_rfc3339(), rules.earliest.to_rfc3339()));
+    }
+    let mut value = m.value * conv.multiplier;
+    let mut corrections = Vec::new();
+    let (lo, hi) = caps.range(signal, scope, m.granularity, ytd);
+    if value < lo {
+        if lo == 0.0 && value >= -rules.negative_tolerance * hi {
+            corrections.push(Correction::NegativeToZero { raw: value });
+            value = 0.0;
+        } else if lo == 0.0 {
+            return reject(RejectCode::NegativeValue, format!("{signal} cannot be negative ({value} {})", signal.unit()));
+        } else {
+            return reject(RejectCode::ImplausibleValue, format!("{value} {} is below the plausible minimum {lo}", signal.unit()));
+        }
+    }
+    if value > hi {
+        return reject(
+            RejectCode::ImplausibleValue,
+            format!("{value:.4} {} exceeds the plausibility cap {hi:.4} for {signal} in {} per {:?}", signal.unit(), scope_name(scope), m.granularity).replace("Hour", "hour").replace("Day", "day").replace("Month", "month"),
+        );
+    }
+    Ok(ValidProxy {
+        signal,
+        scope,
+        granularity: m.granularity,
+        period_start: start,
+        value,
+        ytd,
+        source: m.source,
+        revision: m.revision.unwrap_or(0),
+        observed_at,
+        corrections,
+    })
+}
+
+fn scope_name(s: Scope) -> String {
+    match s {
+        Scope::Province(p) => p.iso_code().to_string(),
+        Scope::National => "CN".into(),
+    }
+}

@@ -1,0 +1,72 @@
+//! Per-signal event-time watermarks with idle detection: a silent monthly series must not
+//! hold back hourly ones, and late data is flagged (for re-estimation), never dropped.
+
+use chrono::{DateTime, Duration, Utc};
+use co2cast_model::proxy::Signal;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignalWatermark {
+    /// Latest period end seen for the signal.
+    pub max_event_end: DateTime<Utc>,
+    /// Processing time of the latest message.
+    pub last_arrival: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Watermarks {
+    pub allowed_lateness_s: i64,
+    pub idle_timeout_s: i64,
+    pub signals: BTreeMap<Signal, SignalWatermark>,
+}
+
+/// How a message relates to its signal's watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    OnTime,
+    /// Behind the watermark by this many seconds: its days are re-estimated with a higher revision.
+    Late { behind_s: i64 },
+}
+
+impl Watermarks {
+    pub fn new(allowed_lateness: Duration, idle_timeout: Duration) -> Self {
+        Watermarks { allowed_lateness_s: allowed_lateness.num_seconds(), idle_timeout_s: idle_timeout.num_seconds(), signals: BTreeMap::new() }
+    }
+
+    pub fn watermark(&self, s: Signal) -> Option<DateTime<Utc>> {
+        self.signals.get(&s).map(|w| w.max_event_end - Duration::seconds(self.allowed_lateness_s))
+    }
+
+    /// Records a message whose period ends at `event_end`, arriving at `now`.
+    pub fn observe(&mut self, s: Signal, event_end: DateTime<Utc>, now: DateTime<Utc>) -> Arrival {
+        let wm = self.watermark(s);
+        let e = self.signals.entry(s).or_insert(SignalWatermark { max_event_end: event_end, last_arrival: now });
+        e.max_event_end = e.max_event_end.max(event_end);
+        e.last_arrival = e.last_arrival.max(now);
+        match wm {
+            Some(w) if event_end < w => Arrival::Late { behind_s: (w - event_end).num_seconds() },
+            _ => Arrival::OnTime,
+        }
+    }
+
+    pub fn is_idle(&self, s: Signal, now: DateTime<Utc>) -> bool {
+        self.signals.get(&s).is_none_or(|w| (now - w.last_arrival).num_seconds() > self.idle_timeout_s)
+    }
+
+    /// The combined watermark: the minimum over signals that are not idle (the maximum of
+    /// all signals when every signal is idle). `None` before any message.
+    pub fn combined(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let active: Vec<DateTime<Utc>> = self
+            .signals
+            .keys()
+            .filter(|s| !self.is_idle(**s, now))
+            .filter_map(|s| self.watermark(*s))
+            .collect();
+        if active.is_empty() {
+            self.signals.keys().filter_map(|s| self.watermark(*s)).max()
+        } else {
+            active.into_iter().min()
+        }
+    }
+}
