@@ -2,6 +2,7 @@
 
 mod backtest;
 mod estimate;
+mod run;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -16,6 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the streaming job (embedded Kafka and bundled sample unless --brokers is given).
+    Run(run::Args),
     /// Calibrate on inventory year Y only, estimate year T from proxies, score against the inventory.
     Backtest(backtest::Args),
     /// Daily estimates for one year (CSV on stdout), with bands from the joint ensemble.
@@ -35,7 +38,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CO2CAST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let result = match cli.command {
+        Command::Run(args) => run::run(args),
         Command::Backtest(args) => backtest::run(args),
         Command::Estimate(args) => estimate::run(args),
         Command::Extract { shared, out } => extract(&shared, &out),

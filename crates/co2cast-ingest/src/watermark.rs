@@ -1,6 +1,7 @@
 //! Per-signal event-time watermarks with idle detection: a silent monthly series must not
 //! hold back hourly ones, and late data is flagged (for re-estimation), never dropped.
 
+use crate::message::Granularity;
 use chrono::{DateTime, Duration, Utc};
 use co2cast_model::proxy::Signal;
 use serde::{Deserialize, Serialize};
@@ -18,7 +19,14 @@ pub struct SignalWatermark {
 pub struct Watermarks {
     pub allowed_lateness_s: i64,
     pub idle_timeout_s: i64,
-    pub signals: BTreeMap<Signal, SignalWatermark>,
+    /// Keyed `<signal>/<granularity>`: a monthly release of a signal is not late relative to
+    /// the same signal's daily feed.
+    pub signals: BTreeMap<String, SignalWatermark>,
+}
+
+/// Watermarks are kept per signal and granularity.
+pub fn stream_key(s: Signal, g: Granularity) -> String {
+    format!("{}/{}", s.as_str(), match g { Granularity::Hour => "hour", Granularity::Day => "day", Granularity::Month => "month" })
 }
 
 /// How a message relates to its signal's watermark.
@@ -34,14 +42,15 @@ impl Watermarks {
         Watermarks { allowed_lateness_s: allowed_lateness.num_seconds(), idle_timeout_s: idle_timeout.num_seconds(), signals: BTreeMap::new() }
     }
 
-    pub fn watermark(&self, s: Signal) -> Option<DateTime<Utc>> {
-        self.signals.get(&s).map(|w| w.max_event_end - Duration::seconds(self.allowed_lateness_s))
+    pub fn watermark(&self, stream: &str) -> Option<DateTime<Utc>> {
+        self.signals.get(stream).map(|w| w.max_event_end - Duration::seconds(self.allowed_lateness_s))
     }
 
-    /// Records a message whose period ends at `event_end`, arriving at `now`.
-    pub fn observe(&mut self, s: Signal, event_end: DateTime<Utc>, now: DateTime<Utc>) -> Arrival {
-        let wm = self.watermark(s);
-        let e = self.signals.entry(s).or_insert(SignalWatermark { max_event_end: event_end, last_arrival: now });
+    /// Records a message of `stream` (see [`stream_key`]) whose period ends at `event_end`,
+    /// arriving at `now`.
+    pub fn observe(&mut self, stream: &str, event_end: DateTime<Utc>, now: DateTime<Utc>) -> Arrival {
+        let wm = self.watermark(stream);
+        let e = self.signals.entry(stream.to_string()).or_insert(SignalWatermark { max_event_end: event_end, last_arrival: now });
         e.max_event_end = e.max_event_end.max(event_end);
         e.last_arrival = e.last_arrival.max(now);
         match wm {
@@ -50,8 +59,8 @@ impl Watermarks {
         }
     }
 
-    pub fn is_idle(&self, s: Signal, now: DateTime<Utc>) -> bool {
-        self.signals.get(&s).is_none_or(|w| (now - w.last_arrival).num_seconds() > self.idle_timeout_s)
+    pub fn is_idle(&self, stream: &str, now: DateTime<Utc>) -> bool {
+        self.signals.get(stream).is_none_or(|w| (now - w.last_arrival).num_seconds() > self.idle_timeout_s)
     }
 
     /// The combined watermark: the minimum over signals that are not idle (the maximum of
@@ -60,11 +69,11 @@ impl Watermarks {
         let active: Vec<DateTime<Utc>> = self
             .signals
             .keys()
-            .filter(|s| !self.is_idle(**s, now))
-            .filter_map(|s| self.watermark(*s))
+            .filter(|s| !self.is_idle(s, now))
+            .filter_map(|s| self.watermark(s))
             .collect();
         if active.is_empty() {
-            self.signals.keys().filter_map(|s| self.watermark(*s)).max()
+            self.signals.keys().filter_map(|s| self.watermark(s)).max()
         } else {
             active.into_iter().min()
         }

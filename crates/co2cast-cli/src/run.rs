@@ -1,0 +1,144 @@
+//! `co2cast run`: the streaming job. Without `--brokers` it starts the embedded default: an
+//! in-process Kafka, the bundled real sample replayed into it, and the processor.
+
+use co2cast_pipeline::processor::RunSummary;
+use co2cast_pipeline::replay::{produce_paced, records_from_dataset};
+use co2cast_pipeline::{Processor, ProcessorConfig};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Kafka bootstrap servers. Without it, an in-process Kafka is started and the bundled
+    /// sample (2018–2019, 31 provinces) is replayed into it.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Where checkpoints are kept (offsets and state, written atomically together).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Stop once all input is processed (for scripts and tests) instead of serving on.
+    #[arg(long)]
+    exit_when_idle: bool,
+    /// Monte Carlo members per estimate.
+    #[arg(long, default_value_t = 200)]
+    members: usize,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let history = co2cast_data::embedded()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed)).map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
+    }
+    let mut cfg = ProcessorConfig { ensemble_members: a.members, ..ProcessorConfig::default() };
+    if a.brokers.is_none() {
+        // The sample is small: re-estimate often enough to show nowcasts being revised.
+        cfg.checkpoint_every_messages = 2_000;
+    }
+    let summary = match &a.brokers {
+        Some(b) => {
+            cfg.brokers = b.clone();
+            cfg.checkpoint_dir = a.state_dir.clone().unwrap_or_else(|| PathBuf::from("co2cast-state"));
+            let mut p = Processor::new(cfg, history)?;
+            p.run(stop, a.exit_when_idle, |_| {})?
+        }
+        None => embedded(a.state_dir.clone(), cfg, history, stop, a.exit_when_idle, a.quiet)?,
+    };
+    report(&summary, a.json)?;
+    Ok(())
+}
+
+fn embedded(
+    state_dir: Option<PathBuf>,
+    mut cfg: ProcessorConfig,
+    history: co2cast_data::Dataset,
+    stop: Arc<AtomicBool>,
+    exit_when_idle: bool,
+    quiet: bool,
+) -> Result<RunSummary, Box<dyn std::error::Error>> {
+    let cluster = co2cast_pipeline::embedded::start_cluster()?;
+    cfg.brokers = cluster.bootstrap_servers();
+    // A fresh embedded cluster has none of the offsets an old checkpoint would name.
+    let dir = state_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("co2cast-embedded-{}", std::process::id())));
+    let _ = std::fs::remove_file(co2cast_pipeline::checkpoint::Checkpoint::file(&dir));
+    cfg.checkpoint_dir = dir;
+    let records = records_from_dataset(&history, 2018..=2019, Some(2019));
+    eprintln!(
+        "co2cast: embedded Kafka at {}; replaying {} real proxy messages (2018-2019, 31 provinces) from the bundled sample",
+        cfg.brokers,
+        records.len()
+    );
+    let consumed = Arc::new(AtomicU64::new(0));
+    let produced = Arc::new(AtomicU64::new(0));
+    let complete = Arc::new(AtomicBool::new(false));
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(records.len() as u64) };
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} messages ({per_sec}) {msg}")
+            .map_err(|e| e.to_string())?
+            .progress_chars("=> "),
+    );
+    let replay = {
+        let (brokers, consumed, produced, complete, stop) = (cfg.brokers.clone(), consumed.clone(), produced.clone(), complete.clone(), stop.clone());
+        std::thread::spawn(move || -> Result<(), String> {
+            // The mock broker keeps a bounded log per partition: stay at most 2,000 ahead (this also keeps partitions interleaved in event time).
+            let r = produce_paced(&brokers, &records, 2_000, Some(consumed), produced, stop).map_err(|e| e.to_string());
+            complete.store(true, Ordering::Relaxed);
+            r
+        })
+    };
+    let mut processor = Processor::new(cfg, history)?.with_received_counter(consumed.clone()).with_input_complete(complete.clone());
+    let ticker = {
+        let (bar, consumed, stop, complete) = (bar.clone(), consumed.clone(), stop.clone(), complete.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                bar.set_position(consumed.load(Ordering::Relaxed));
+                if complete.load(Ordering::Relaxed) && consumed.load(Ordering::Relaxed) >= bar.length().unwrap_or(0) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        })
+    };
+    let summary = processor.run(stop.clone(), true, |c| bar.set_message(format!("{} estimates published", c.estimates_published)))?;
+    bar.finish_and_clear();
+    replay.join().map_err(|_| "replay thread panicked")??;
+    let _ = ticker.join();
+    if !exit_when_idle {
+        report(&summary, false)?;
+        eprintln!("co2cast: all input processed; still consuming from {} (Ctrl-C to stop)", cluster.bootstrap_servers());
+        let summary = processor.run(stop, false, |_| {})?;
+        drop(cluster);
+        return Ok(summary);
+    }
+    drop(cluster);
+    Ok(summary)
+}
+
+fn report(s: &RunSummary, json: bool) -> Result<(), Box<dyn std::error::Error>> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+        return Ok(());
+    }
+    let c = &s.counters;
+    println!("messages in        {}", c.received);
+    println!("  accepted         {} ({} unchanged duplicates or stale, {} revisions, {} late)", c.accepted, c.accepted_unchanged, c.revisions, c.late);
+    println!("  dead-lettered    {}{}", c.dead_lettered, if c.dead_lettered_by_code.is_empty() { String::new() } else { format!(" {:?}", c.dead_lettered_by_code) });
+    println!("  accounting       in = accepted + DLQ: {}", if c.received == c.accepted + c.dead_lettered { "holds" } else { "VIOLATED" });
+    println!("estimates published {} ({} of them revisions)", c.estimates_published, c.estimate_revisions_published);
+    for n in &s.national {
+        println!(
+            "national total {} ({} days): {:.0} MtCO2, 95% band [{:.0}, {:.0}] (30 provinces with an inventory)",
+            n.year, n.days, n.band.central, n.band.p2_5, n.band.p97_5
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! Estimate rows as Arrow record batches, and the bookkeeping that turns recomputed
+//! estimates into new revisions only where something changed.
+//!
+//! Schema of `co2cast.estimates.daily` (one JSON object per row, keyed
+//! `<province>/<sector>/<date>`; national rows use province `CN` and sector `all`):
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | date | Utf8 (YYYY-MM-DD) | Asia/Shanghai day |
+//! | province | Utf8 | ISO 3166-2:CN code, or `CN` |
+//! | sector | Utf8 | power, industry, ground_transport, residential, aviation, other, or `all` |
+//! | value_mtco2 | Float64 | central estimate, MtCO2/day |
+//! | p2_5, p5, p50, p95, p97_5 | Float64 | ensemble percentiles, MtCO2/day |
+//! | source_type | Utf8 | proxy, gap_filled, nowcast |
+//! | coverage | Float64 | share of expected proxy inputs present (0–1) |
+//! | proxies | Utf8 | `;`-separated signals used |
+//! | base_year | Int32 | inventory year the estimate is calibrated on |
+//! | model_version | Utf8 | estimator version |
+//! | revision | UInt32 | 0 for the first publication, +1 for each change |
+
+use arrow::array::{ArrayRef, Float64Builder, Int32Builder, RecordBatch, StringBuilder, UInt32Builder};
+use arrow::datatypes::{DataType, Field, Schema};
+use chrono::NaiveDate;
+use co2cast_model::estimate::{Band, DailyEstimate, MODEL_VERSION, SourceType};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// One published row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EstimateRow {
+    pub date: NaiveDate,
+    pub province: String,
+    pub sector: String,
+    pub value_mtco2: f64,
+    pub p2_5: f64,
+    pub p5: f64,
+    pub p50: f64,
+    pub p95: f64,
+    pub p97_5: f64,
+    pub source_type: SourceType,
+    pub coverage: f64,
+    pub proxies: String,
+    pub base_year: i32,
+    pub model_version: String,
+    pub revision: u32,
+}
+
+impl EstimateRow {
+    pub fn from_daily(d: &DailyEstimate) -> EstimateRow {
+        EstimateRow {
+            date: d.date,
+            province: d.province.iso_code().to_string(),
+            sector: d.sector.as_str().to_string(),
+            value_mtco2: d.value_mtco2,
+            p2_5: d.p2_5,
+            p5: d.p5,
+            p50: d.p50,
+            p95: d.p95,
+            p97_5: d.p97_5,
+            source_type: d.source_type,
+            coverage: d.coverage,
+            proxies: d.proxies.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(";"),
+            base_year: d.base_year,
+            model_version: d.model_version.clone(),
+            revision: 0,
+        }
+    }
+
+    pub fn national(date: NaiveDate, band: &Band, source_type: SourceType, coverage: f64, base_year: i32) -> EstimateRow {
+        EstimateRow {
+            date,
+            province: "CN".into(),
+            sector: "all".into(),
+            value_mtco2: band.central,
+            p2_5: band.p2_5,
+            p5: band.p5,
+            p50: band.p50,
+            p95: band.p95,
+            p97_5: band.p97_5,
+            source_type,
+            coverage,
+            proxies: String::new(),
+            base_year,
+            model_version: MODEL_VERSION.to_string(),
+            revision: 0,
+        }
+    }
+
+    pub fn key(&self) -> String {
+        format!("{}/{}/{}", self.province, self.sector, self.date)
+    }
+
+    /// What decides whether a recomputed row is a new revision: values to 1e-9 relative,
+    /// plus the source type and coverage.
+    pub fn fingerprint(&self) -> [i64; 8] {
+        let q = |x: f64| if x == 0.0 { 0 } else { (x * 1.0e12).round() as i64 };
+        [
+            q(self.value_mtco2),
+            q(self.p2_5),
+            q(self.p97_5),
+            q(self.p5),
+            q(self.p95),
+            self.source_type as i64,
+            (self.coverage * 1.0e6).round() as i64,
+            self.base_year as i64,
+        ]
+    }
+}
+
+pub fn schema() -> Arc<Schema> {
+    let f = |n: &str, t: DataType| Field::new(n, t, false);
+    Arc::new(Schema::new(vec![
+        f("date", DataType::Utf8),
+        f("province", DataType::Utf8),
+        f("sector", DataType::Utf8),
+        f("value_mtco2", DataType::Float64),
+        f("p2_5", DataType::Float64),
+        f("p5", DataType::Float64),
+        f("p50", DataType::Float64),
+        f("p95", DataType::Float64),
+        f("p97_5", DataType::Float64),
+        f("source_type", DataType::Utf8),
+        f("coverage", DataType::Float64),
+        f("proxies", DataType::Utf8),
+        f("base_year", DataType::Int32),
+        f("model_version", DataType::Utf8),
+        f("revision", DataType::UInt32),
+    ]))
+}
+
+pub fn to_batch(rows: &[EstimateRow]) -> RecordBatch {
+    let mut date = StringBuilder::new();
+    let mut province = StringBuilder::new();
+    let mut sector = StringBuilder::new();
+    let mut floats: Vec<Float64Builder> = (0..6).map(|_| Float64Builder::with_capacity(rows.len())).collect();
+    let mut source = StringBuilder::new();
+    let mut coverage = Float64Builder::new();
+    let mut proxies = StringBuilder::new();
+    let mut base = Int32Builder::new();
+    let mut version = StringBuilder::new();
+    let mut revision = UInt32Builder::new();
+    for r in rows {
+        date.append_value(r.date.to_string());
+        province.append_value(&r.province);
+        sector.append_value(&r.sector);
+        for (b, v) in floats.iter_mut().zip([r.value_mtco2, r.p2_5, r.p5, r.p50, r.p95, r.p97_5]) {
+            b.append_value(v);
+        }
+        source.append_value(r.source_type.as_str());
+        coverage.append_value(r.coverage);
+        proxies.append_value(&r.proxies);
+        base.append_value(r.base_year);
+        version.append_value(&r.model_version);
+        revision.append_value(r.revision);
+    }
+    let mut cols: Vec<ArrayRef> = vec![Arc::new(date.finish()), Arc::new(province.finish()), Arc::new(sector.finish())];
+    for mut b in floats {
+        cols.push(Arc::new(b.finish()));
+    }
+    cols.push(Arc::new(source.finish()));
+    cols.push(Arc::new(coverage.finish()));
+    cols.push(Arc::new(proxies.finish()));
+    cols.push(Arc::new(base.finish()));
+    cols.push(Arc::new(version.finish()));
+    cols.push(Arc::new(revision.finish()));
+    RecordBatch::try_new(schema(), cols).expect("columns match the schema")
+}
+
+/// One JSON object per row of the batch, in row order.
+pub fn batch_to_json_lines(batch: &RecordBatch) -> Vec<Vec<u8>> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
+        w.write(batch).expect("in-memory JSON encoding cannot fail");
+        w.finish().expect("in-memory JSON encoding cannot fail");
+    }
+    buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| l.to_vec()).collect()
+}
+
+/// What has been published: per key, the last revision and its fingerprint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Published {
+    #[serde(with = "published_serde")]
+    pub rows: BTreeMap<String, (u32, [i64; 8])>,
+}
+
+mod published_serde {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(m: &BTreeMap<String, (u32, [i64; 8])>, s: S) -> Result<S::Ok, S::Error> {
+        m.iter().collect::<Vec<_>>().serialize(s)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, (u32, [i64; 8])>, D::Error> {
+        Ok(Vec::<(String, (u32, [i64; 8]))>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+impl Published {
+    /// Keeps the rows that are new or changed, assigning their revision.
+    pub fn diff(&mut self, rows: Vec<EstimateRow>) -> Vec<EstimateRow> {
+        let mut out = Vec::new();
+        for mut r in rows {
+            let fp = r.fingerprint();
+            let key = r.key();
+            match self.rows.get(&key) {
+                Some((_, old)) if *old == fp => continue,
+                Some((rev, _)) => r.revision = rev + 1,
+                None => r.revision = 0,
+            }
+            self.rows.insert(key, (r.revision, fp));
+            out.push(r);
+        }
+        out
+    }
+}

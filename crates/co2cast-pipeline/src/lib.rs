@@ -1,0 +1,16 @@
+//! # co2cast-pipeline
+//!
+//! The streaming job. Proxy messages are consumed from Kafka, validated (rejects go to the
+//! dead-letter topic with their provenance), folded into keyed latest-value state, and the
+//! affected years are re-estimated; changed daily rows are built as Arrow record batches and
+//! published to `co2cast.estimates.daily` as new revisions. Offsets, state and what has
+//! been published are checkpointed together, atomically, so a restart after a crash resumes
+//! exactly where the last checkpoint left off.
+
+pub mod checkpoint;
+pub mod embedded;
+pub mod estimates;
+pub mod processor;
+pub mod replay;
+
+pub use processor::{DLQ_TOPIC, ESTIMATES_TOPIC, Processor, ProcessorConfig, RunSummary};
