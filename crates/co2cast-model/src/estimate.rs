@@ -258,8 +258,13 @@ impl<'a> Estimator<'a> {
         if let Some(r) = spec.monthly_ratio(self.proxies, p, base, m) {
             return (Some(r), true, 0);
         }
-        // Not observed: use the mean ratio of the latest (up to 3) observed months before m.
         let scope = Self::scope(spec, p);
+        // Published, but no usable ratio (the province makes none of the product): the
+        // component keeps its base-year level; that is an observation, not a gap.
+        if spec.signals.iter().any(|s| self.proxies.monthly(*s, scope, m).is_some()) {
+            return (None, true, 0);
+        }
+        // Not observed: use the mean ratio of the latest (up to 3) observed months before m.
         let last_published = spec.signals.iter().filter_map(|s| self.proxies.last_month(*s, scope)).max();
         let mut ratios = Vec::new();
         let mut cur = m.prev();
@@ -315,6 +320,7 @@ impl<'a> Estimator<'a> {
             let mut observed_weight = 0.0;
             let mut ahead = 0u32;
             let mut missing = false;
+            let mut proxy_driven = 0;
             let mut proxies_used: Vec<Signal> = Vec::new();
             let month_days: Vec<NaiveDate> = days_of_month(m.year, m.month).collect();
             let mut day_values = vec![0.0; month_days.len()];
@@ -323,11 +329,14 @@ impl<'a> Estimator<'a> {
                 any = true;
                 let w = self.inventory.get(p, spec.item, self.base_year()).unwrap_or(0.0);
                 base_weight += w;
-                if cm.observed {
-                    observed_weight += w;
-                    proxies_used.extend(spec.signals.iter().copied());
-                } else {
-                    missing = true;
+                if !spec.signals.is_empty() {
+                    proxy_driven += 1;
+                    if cm.observed {
+                        observed_weight += w;
+                        proxies_used.extend(spec.signals.iter().copied());
+                    } else {
+                        missing = true;
+                    }
                 }
                 ahead = ahead.max(cm.nowcast_months);
                 total += cm.value;
@@ -345,7 +354,7 @@ impl<'a> Estimator<'a> {
             let coverage = if base_weight > 0.0 { observed_weight / base_weight } else { 0.0 };
             let source_type = if ahead > 0 {
                 SourceType::Nowcast
-            } else if missing {
+            } else if missing || proxy_driven == 0 {
                 SourceType::GapFilled
             } else {
                 SourceType::Proxy

@@ -46,6 +46,8 @@ pub struct ProcessorConfig {
     pub ensemble_seed: u64,
     /// Reference "now" for validation of replayed history (RFC 3339); the wall clock when unset.
     pub now_override: Option<String>,
+    /// Estimate only these provinces (ISO codes); all when unset.
+    pub provinces: Option<Vec<String>>,
 }
 
 impl Default for ProcessorConfig {
@@ -63,6 +65,7 @@ impl Default for ProcessorConfig {
             ensemble_members: 200,
             ensemble_seed: 20_190_101,
             now_override: None,
+            provinces: None,
         }
     }
 }
@@ -402,7 +405,16 @@ impl Processor {
         let est = Estimator { calibration: cal, inventory: &base_inv, proxies: &panel, calendar: &hc, day_factors: &df };
         let months: Vec<YearMonth> = (1..=through.month()).map(|m| YearMonth::new(year, m)).collect();
         let settings = EnsembleSettings { members: self.cfg.ensemble_members, seed: self.cfg.ensemble_seed };
-        let rows = est.all_rows(&months, settings);
+        let wanted: Option<Vec<co2cast_model::Province>> = self
+            .cfg
+            .provinces
+            .as_ref()
+            .map(|v| v.iter().filter_map(|p| co2cast_model::Province::parse_lenient(p)).collect());
+        let rows: Vec<_> = est
+            .all_rows(&months, settings)
+            .into_iter()
+            .filter(|r| wanted.as_ref().is_none_or(|w| w.contains(&r.province)))
+            .collect();
         let mut out = Vec::new();
         let ndays = rows.first().map(|r| r.days.iter().filter(|d| **d <= through).count()).unwrap_or(0);
         let mut nat_central = vec![0.0; ndays];

@@ -1,0 +1,247 @@
+//! Integration tests over the real Kafka protocol (librdkafka's mock cluster on loopback).
+
+use co2cast_data::Dataset;
+use co2cast_ingest::Topic;
+use co2cast_pipeline::processor::header_map;
+use co2cast_pipeline::replay::{ProxyRecord, produce_paced, records_from_dataset};
+use co2cast_pipeline::{DLQ_TOPIC, ESTIMATES_TOPIC, Processor, ProcessorConfig};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+/// A small real sample: 2018 and 2019 proxies of four provinces plus the national series.
+fn sample() -> (Dataset, Vec<ProxyRecord>) {
+    let data = co2cast_data::embedded().unwrap();
+    let keep = ["CN-HE", "CN-BJ", "CN-GD", "CN-SC", "/CN/"];
+    let records: Vec<ProxyRecord> = records_from_dataset(&data, 2018..=2019, Some(2019))
+        .into_iter()
+        .filter(|r| keep.iter().any(|k| r.key.contains(k)))
+        .collect();
+    (data, records)
+}
+
+fn produce(brokers: &str, records: &[ProxyRecord]) {
+    produce_paced(brokers, records, u64::MAX, None, Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false))).unwrap();
+}
+
+fn raw(brokers: &str, topic: &str, key: &str, payload: &[u8]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let p: BaseProducer = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    p.send(BaseRecord::to(topic).key(key).payload(payload)).unwrap();
+    p.flush(std::time::Duration::from_secs(10)).unwrap();
+}
+
+fn config(brokers: &str, dir: &std::path::Path) -> ProcessorConfig {
+    ProcessorConfig {
+        brokers: brokers.into(),
+        checkpoint_dir: dir.to_path_buf(),
+        checkpoint_every_messages: 1_500,
+        idle_after_ms: 800,
+        ensemble_members: 60,
+        // The mock broker keeps a bounded log: estimate only the sample's provinces.
+        provinces: Some(vec!["CN-HE".into(), "CN-BJ".into(), "CN-GD".into(), "CN-SC".into()]),
+        ..ProcessorConfig::default()
+    }
+}
+
+/// Every message of a topic, in partition order.
+fn read_all(brokers: &str, topic: &str) -> Vec<(Option<Vec<u8>>, Vec<u8>, BTreeMap<String, String>)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = c.fetch_metadata(Some(topic), std::time::Duration::from_secs(5)).unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for p in md.topics()[0].partitions() {
+        let (low, high) = c.fetch_watermarks(topic, p.id(), std::time::Duration::from_secs(5)).unwrap();
+        // The mock broker drops the oldest messages beyond its log cap; the tests keep
+        // volumes below it, and this assertion says so if they ever do not.
+        assert_eq!(low, 0, "{topic}/{}: the broker dropped {low} messages (log cap)", p.id());
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+        ends.insert(p.id(), high - low);
+    }
+    c.assign(&tpl).unwrap();
+    let total: i64 = ends.values().sum();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while (out.len() as i64) < total && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(std::time::Duration::from_millis(200)) {
+            let headers = m.headers().map(header_map).unwrap_or_default();
+            out.push((m.key().map(|k| k.to_vec()), m.payload().unwrap_or(&[]).to_vec(), headers));
+        }
+    }
+    assert_eq!(out.len() as i64, total, "could not read all of {topic}");
+    out
+}
+
+/// Latest revision of every estimate key, as JSON values without volatile fields.
+fn latest_estimates(brokers: &str) -> BTreeMap<String, serde_json::Value> {
+    let mut latest: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for (k, v, _) in read_all(brokers, ESTIMATES_TOPIC) {
+        let key = String::from_utf8(k.unwrap()).unwrap();
+        let row: serde_json::Value = serde_json::from_slice(&v).unwrap();
+        let rev = row["revision"].as_u64().unwrap();
+        if latest.get(&key).is_none_or(|old| old["revision"].as_u64().unwrap() <= rev) {
+            latest.insert(key, row);
+        }
+    }
+    // Revision numbers depend on how often a run re-estimated; values must not.
+    for v in latest.values_mut() {
+        v["revision"] = serde_json::Value::Null;
+    }
+    latest
+}
+
+fn run_to_idle(cfg: ProcessorConfig, data: &Dataset) -> co2cast_pipeline::RunSummary {
+    let mut p = Processor::new(cfg, data.clone()).unwrap();
+    p.run(Arc::new(AtomicBool::new(false)), true, |_| {}).unwrap()
+}
+
+#[test]
+fn accounting_dead_letters_and_duplicates() {
+    let cluster = co2cast_pipeline::embedded::start_cluster().unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let (data, records) = sample();
+    produce(&brokers, &records);
+    // Duplicates of real messages, and a revision.
+    produce(&brokers, &records[..50]);
+    let first = &records[0];
+    let mut revised: serde_json::Value = serde_json::from_str(&first.payload).unwrap();
+    revised["revision"] = 1.into();
+    revised["value"] = (revised["value"].as_f64().unwrap() * 1.01).into();
+    raw(&brokers, first.topic.name(), &first.key, revised.to_string().as_bytes());
+    // Bad messages, one per reason.
+    let power = Topic::PowerGeneration.name();
+    let bad: Vec<(&str, &str, Vec<u8>, &str)> = vec![
+        (power, "power.generation/CN-HE/2019-07-04T00:00:00", br#"{"province":"CN-HE","period_start":"2019-07-04T00:00:00","granularity":"day","fuel":"thermal","value":100,"unit":"GWh","source":"t","revision":0}"#.to_vec(), "missing_timezone"),
+        (power, "power.generation/XX/2019-07-04T00:00:00+08:00", br#"{"province":"Atlantis","period_start":"2019-07-04T00:00:00+08:00","granularity":"day","fuel":"thermal","value":100,"unit":"GWh","source":"t","revision":0}"#.to_vec(), "unknown_province"),
+        (power, "power.generation/CN-HE/2019-07-05T00:00:00+08:00", br#"{"province":"CN-HE","period_start":"2019-07-05T00:00:00+08:00","granularity":"day","fuel":"thermal","value":-40,"unit":"GWh","source":"t","revision":0}"#.to_vec(), "negative_value"),
+        (power, "power.generation/CN-HE/2019-07-06T00:00:00+08:00", b"\xff\x00 not json".to_vec(), "malformed_json"),
+        (power, "power.generation/CN-HE/2019-07-06T00:00:00+08:00", br#"{"province":"CN-HE","period_start":"2019-07-06T00:00:00+08:00","granularity":"day","fuel":"thermal","value":1e7,"unit":"GWh","source":"t","revision":0}"#.to_vec(), "implausible_value"),
+        (power, "power.generation/CN-HE/2031-07-06T00:00:00+08:00", br#"{"province":"CN-HE","period_start":"2031-07-06T00:00:00+08:00","granularity":"day","fuel":"thermal","value":1,"unit":"GWh","source":"t","revision":0}"#.to_vec(), "future_period"),
+    ];
+    for (t, k, p, _) in &bad {
+        raw(&brokers, t, k, p);
+    }
+    let dir = tempdir("accounting");
+    let s = run_to_idle(config(&brokers, &dir), &data);
+    let c = &s.counters;
+    let total = records.len() as u64 + 50 + 1 + bad.len() as u64;
+    assert_eq!(c.received, total);
+    assert_eq!(c.received, c.accepted + c.dead_lettered, "{c:?}");
+    assert_eq!(c.dead_lettered, bad.len() as u64);
+    assert_eq!(c.accepted_unchanged, 50);
+    assert_eq!(c.revisions, 1);
+    // The DLQ holds the original bytes and the provenance.
+    let dlq = read_all(&brokers, DLQ_TOPIC);
+    assert_eq!(dlq.len(), bad.len());
+    for (t, k, p, code) in &bad {
+        let hit = dlq.iter().find(|(key, _, h)| key.as_deref() == Some(k.as_bytes()) && h["error_code"] == *code);
+        let (_, payload, h) = hit.unwrap_or_else(|| panic!("no DLQ entry for {code}: {dlq:?}"));
+        assert_eq!(payload, p);
+        assert_eq!(h["source_topic"], *t);
+        assert!(h["source_offset"].parse::<i64>().is_ok() && h["source_partition"].parse::<i32>().is_ok());
+        assert!(!h["error_reason"].is_empty());
+    }
+    // Estimates were published for both years, national rows included, with bands.
+    let est = latest_estimates(&brokers);
+    let national = &est["CN/all/2019-07-04"];
+    assert!(national["p2_5"].as_f64().unwrap() < national["value_mtco2"].as_f64().unwrap());
+    assert!(est.contains_key("CN-HE/power/2019-12-31"));
+    assert!(c.estimate_revisions_published > 0, "late and revised data must produce revisions");
+    drop(cluster);
+}
+
+#[test]
+fn nowcasts_are_replaced_when_the_monthly_data_arrive() {
+    let cluster = co2cast_pipeline::embedded::start_cluster().unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let (data, records) = sample();
+    // Everything up to mid-2019 except the June industrial release.
+    let cut: Vec<ProxyRecord> = records
+        .iter()
+        .filter(|r| r.released_at < chrono::DateTime::parse_from_rfc3339("2019-07-10T00:00:00Z").unwrap())
+        .cloned()
+        .collect();
+    produce(&brokers, &cut);
+    let dir = tempdir("nowcast");
+    run_to_idle(config(&brokers, &dir), &data);
+    let before = latest_estimates(&brokers);
+    let june = &before["CN-HE/industry/2019-06-15"];
+    assert_eq!(june["source_type"], "nowcast", "{june}");
+    // The June release arrives: the nowcast is replaced by a proxy-based revision.
+    let rest: Vec<ProxyRecord> = records.iter().filter(|r| !cut.contains(r)).cloned().collect();
+    produce(&brokers, &rest);
+    run_to_idle(config(&brokers, &dir), &data);
+    let after = latest_estimates(&brokers);
+    assert_eq!(after["CN-HE/industry/2019-06-15"]["source_type"], "proxy");
+    drop(cluster);
+}
+
+#[test]
+fn a_stop_and_restore_gives_the_same_estimates_as_a_straight_run() {
+    let (data, records) = sample();
+    // Straight through.
+    let straight = {
+        let cluster = co2cast_pipeline::embedded::start_cluster().unwrap();
+        let brokers = cluster.bootstrap_servers();
+        produce(&brokers, &records);
+        run_to_idle(config(&brokers, &tempdir("straight")), &data);
+        latest_estimates(&brokers)
+    };
+    // Stopped after a few checkpoints, then restored from the checkpoint and finished.
+    let restored = {
+        let cluster = co2cast_pipeline::embedded::start_cluster().unwrap();
+        let brokers = cluster.bootstrap_servers();
+        produce(&brokers, &records);
+        let dir = tempdir("restored");
+        let stop = Arc::new(AtomicBool::new(false));
+        let cfg = ProcessorConfig { checkpoint_every_messages: 400, ..config(&brokers, &dir) };
+        let mut p = Processor::new(cfg, data.clone()).unwrap();
+        let s2 = stop.clone();
+        let mut flushes = 0;
+        p.run(stop, true, move |_| {
+            flushes += 1;
+            if flushes == 3 {
+                s2.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+        .unwrap();
+        let partial = p.counters().received;
+        assert!(partial < records.len() as u64, "the stop must come before the end");
+        drop(p);
+        let s = run_to_idle(config(&brokers, &dir), &data);
+        assert_eq!(s.counters.received, records.len() as u64, "no message counted twice or lost");
+        latest_estimates(&brokers)
+    };
+    assert_same_estimates(&straight, &restored);
+}
+
+/// Identical estimates: same keys, same strings, numbers equal to the publication tolerance
+/// (a recomputation that differs by less is not a new revision, by design).
+pub fn assert_same_estimates(a: &BTreeMap<String, serde_json::Value>, b: &BTreeMap<String, serde_json::Value>) {
+    assert_eq!(a.len(), b.len(), "different sets of estimate keys");
+    for (k, v) in a {
+        let w = b.get(k).unwrap_or_else(|| panic!("{k} missing"));
+        for (field, x) in v.as_object().unwrap() {
+            let y = &w[field];
+            match (x.as_f64(), y.as_f64()) {
+                (Some(x), Some(y)) => assert!((x - y).abs() <= 1e-9 * x.abs().max(y.abs()), "{k}.{field}: {x} vs {y}"),
+                _ => assert_eq!(x, y, "{k}.{field}"),
+            }
+        }
+    }
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("co2cast-test-{name}-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
