@@ -30,6 +30,12 @@ pub struct Args {
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Estimate only these provinces (comma-separated ISO codes or names); all by default.
+    #[arg(long, value_delimiter = ',')]
+    provinces: Option<Vec<String>>,
+    /// Re-estimate, publish and checkpoint after this many messages.
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
 }
 
 pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -43,6 +49,17 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     if a.brokers.is_none() {
         // The sample is small: re-estimate often enough to show nowcasts being revised.
         cfg.checkpoint_every_messages = 2_000;
+    }
+    if let Some(n) = a.checkpoint_every {
+        cfg.checkpoint_every_messages = n.max(1);
+    }
+    if let Some(p) = &a.provinces {
+        for x in p {
+            if co2cast_model::Province::parse_lenient(x).is_none() {
+                return Err(format!("--provinces: unknown province `{x}`").into());
+            }
+        }
+        cfg.provinces = Some(p.clone());
     }
     let summary = match &a.brokers {
         Some(b) => {
