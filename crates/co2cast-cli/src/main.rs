@@ -2,6 +2,7 @@
 
 mod backtest;
 mod estimate;
+mod produce;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,10 @@ struct Cli {
 enum Command {
     /// Run the streaming job (embedded Kafka and bundled sample unless --brokers is given).
     Run(run::Args),
+    /// Publish real data files as proxy messages, in release order.
+    Replay(produce::ReplayArgs),
+    /// Generate synthetic proxy streams for load tests.
+    Simulate(produce::SimulateArgs),
     /// Calibrate on inventory year Y only, estimate year T from proxies, score against the inventory.
     Backtest(backtest::Args),
     /// Daily estimates for one year (CSV on stdout), with bands from the joint ensemble.
@@ -44,6 +49,8 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Replay(args) => produce::replay(args),
+        Command::Simulate(args) => produce::simulate(args),
         Command::Backtest(args) => backtest::run(args),
         Command::Estimate(args) => estimate::run(args),
         Command::Extract { shared, out } => extract(&shared, &out),

@@ -163,3 +163,30 @@ fn kcat_produced_messages_become_estimates() {
     assert!(national["p97_5"].as_f64().unwrap() > national["value_mtco2"].as_f64().unwrap());
     drop(cluster);
 }
+
+#[test]
+fn replay_and_simulate_feed_the_processor() {
+    let cluster = co2cast_pipeline::embedded::start_cluster().unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let bin = env!("CARGO_BIN_EXE_co2cast");
+    let sim = Command::new(bin)
+        .args(["simulate", "--brokers", &brokers, "--rate", "20000", "--count", "3100", "--bad-fraction", "0.05", "--seed", "3", "--start", "2019-03-01T00:00:00+08:00"])
+        .output()
+        .unwrap();
+    assert!(sim.status.success(), "{}", String::from_utf8_lossy(&sim.stderr));
+    let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/golden/backtest_small");
+    let rep = Command::new(bin)
+        .args(["replay", "--brokers", &brokers, "--from", golden, "--from-year", "2018", "--to-year", "2019"])
+        .output()
+        .unwrap();
+    assert!(rep.status.success(), "{}", String::from_utf8_lossy(&rep.stderr));
+    let out = run_cmd(&brokers, &tempdir("simulate")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &s["counters"];
+    assert!(c["received"].as_u64().unwrap() > 3100);
+    assert_eq!(c["received"].as_u64(), Some(c["accepted"].as_u64().unwrap() + c["dead_lettered"].as_u64().unwrap()));
+    let dlq = c["dead_lettered_by_code"]["missing_timezone"].as_u64().unwrap();
+    assert!((100..250).contains(&dlq), "{dlq} of 3100 at 5 %");
+    drop(cluster);
+}

@@ -12,5 +12,6 @@ pub mod embedded;
 pub mod estimates;
 pub mod processor;
 pub mod replay;
+pub mod simulate;
 
 pub use processor::{DLQ_TOPIC, ESTIMATES_TOPIC, Processor, ProcessorConfig, RunSummary};
