@@ -1,6 +1,7 @@
 //! The JSON contract of proxy messages (see `proxies/README.md` and `proxies/schemas/`).
 
 use serde::Deserialize;
+use std::borrow::Cow;
 
 /// Topics, one per signal family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,29 +45,33 @@ pub enum Granularity {
     Month,
 }
 
-/// A proxy message as it arrives. Unknown fields are rejected, so a typo cannot silently
-/// drop information.
+/// A proxy message as it arrives, borrowing from the payload where it can. Unknown fields are
+/// rejected, so a typo cannot silently drop information.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawProxyMessage {
-    pub province: String,
-    pub period_start: String,
+pub struct RawProxyMessage<'a> {
+    #[serde(borrow)]
+    pub province: Cow<'a, str>,
+    #[serde(borrow)]
+    pub period_start: Cow<'a, str>,
     pub granularity: Granularity,
     pub value: f64,
-    pub unit: String,
-    pub source: String,
+    #[serde(borrow)]
+    pub unit: Cow<'a, str>,
+    #[serde(borrow)]
+    pub source: Cow<'a, str>,
     #[serde(default)]
     pub revision: Option<u32>,
-    #[serde(default)]
-    pub observed_at: Option<String>,
-    #[serde(default)]
-    pub fuel: Option<String>,
-    #[serde(default)]
-    pub product: Option<String>,
-    #[serde(default)]
-    pub value_type: Option<String>,
-    #[serde(default)]
-    pub kind: Option<String>,
-    #[serde(default)]
-    pub city: Option<String>,
+    #[serde(default, borrow)]
+    pub observed_at: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub fuel: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub product: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub value_type: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub city: Option<Cow<'a, str>>,
 }

@@ -10,7 +10,7 @@ use co2cast_model::domain::Sector;
 use co2cast_model::proxy::{ProxyPanel, Scope, Signal};
 use co2cast_model::series::{YearMonth, months_from_ytd};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct StateKey {
@@ -46,20 +46,23 @@ impl Upsert {
     }
 }
 
+/// A hash map on the hot path; serialised sorted, so checkpoints are deterministic.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProxyState {
     #[serde(with = "entries")]
-    entries: BTreeMap<StateKey, StateEntry>,
+    entries: HashMap<StateKey, StateEntry>,
 }
 
 mod entries {
     use super::*;
     use serde::{Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(m: &BTreeMap<StateKey, StateEntry>, s: S) -> Result<S::Ok, S::Error> {
-        m.iter().collect::<Vec<_>>().serialize(s)
+    pub fn serialize<S: Serializer>(m: &HashMap<StateKey, StateEntry>, s: S) -> Result<S::Ok, S::Error> {
+        let mut v: Vec<_> = m.iter().collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v.serialize(s)
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<StateKey, StateEntry>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<HashMap<StateKey, StateEntry>, D::Error> {
         Ok(Vec::<(StateKey, StateEntry)>::deserialize(d)?.into_iter().collect())
     }
 }
@@ -123,7 +126,10 @@ impl ProxyState {
         let mut ytd: BTreeMap<(Signal, Scope), Vec<(YearMonth, f64)>> = BTreeMap::new();
         let mut hours: BTreeMap<(Signal, Scope, NaiveDate), (u32, f64)> = BTreeMap::new();
         let mut explicit_days: BTreeMap<(Signal, Scope, NaiveDate), f64> = BTreeMap::new();
-        for (k, e) in &self.entries {
+        // Sorted, so that sums are taken in one order whatever the arrival order was.
+        let mut sorted: Vec<(&StateKey, &StateEntry)> = self.entries.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        for (k, e) in sorted {
             match (k.granularity, k.ytd) {
                 (Granularity::Month, true) => ytd.entry((k.signal, k.scope)).or_default().push((Self::month_of(k), e.value)),
                 (Granularity::Month, false) => panel.set_monthly(k.signal, k.scope, Self::month_of(k), e.value),

@@ -180,14 +180,14 @@ fn parse_instant(field: &str, s: &str) -> Result<DateTime<Utc>, Reject> {
     }
 }
 
-fn signal_of(topic: Topic, m: &RawProxyMessage) -> Result<(Signal, bool), Reject> {
-    let need = |field: &str, v: &Option<String>| -> Result<String, Reject> {
-        v.clone().ok_or_else(|| Reject { code: RejectCode::UnknownVariant, reason: format!("{} needs `{field}`", topic.name()) })
+fn signal_of(topic: Topic, m: &RawProxyMessage<'_>) -> Result<(Signal, bool), Reject> {
+    let need = |field: &str, v: &Option<std::borrow::Cow<'_, str>>| -> Result<String, Reject> {
+        v.as_deref().map(str::to_string).ok_or_else(|| Reject { code: RejectCode::UnknownVariant, reason: format!("{} needs `{field}`", topic.name()) })
     };
     match topic {
         Topic::PowerGeneration => {
-            let fuel = need("fuel", &m.fuel)?;
-            let s = match fuel.as_str() {
+            let fuel = m.fuel.as_deref().ok_or_else(|| Reject { code: RejectCode::UnknownVariant, reason: format!("{} needs `fuel`", topic.name()) })?;
+            let s = match fuel {
                 "thermal" => Signal::ThermalGeneration,
                 "hydro" => Signal::HydroGeneration,
                 "wind" => Signal::WindGeneration,
@@ -271,7 +271,8 @@ pub fn validate(
         Scope::National
     } else {
         Scope::Province(
-            Province::parse_lenient(&m.province)
+            Province::from_iso(&m.province)
+                .or_else(|| Province::parse_lenient(&m.province))
                 .ok_or_else(|| Reject { code: RejectCode::UnknownProvince, reason: format!("unknown province `{}`", m.province) })?,
         )
     };
@@ -282,8 +283,16 @@ pub fn validate(
     }
     if let Some(k) = key {
         let k = std::str::from_utf8(k).map_err(|_| Reject { code: RejectCode::KeyMismatch, reason: "key is not UTF-8".into() })?;
-        let parts: Vec<&str> = k.splitn(3, '/').collect();
-        let ok = parts.len() == 3
+        // Fast path: the key is written exactly as the body's fields.
+        let exact = k
+            .strip_prefix(topic.key_prefix())
+            .and_then(|r| r.strip_prefix('/'))
+            .and_then(|r| r.strip_prefix(&*m.province))
+            .and_then(|r| r.strip_prefix('/'))
+            .is_some_and(|r| r == m.period_start);
+        let parts: Vec<&str> = if exact { Vec::new() } else { k.splitn(3, '/').collect() };
+        let ok = exact
+            || parts.len() == 3
             && parts[0] == topic.key_prefix()
             && (if parts[1] == "CN" { scope == Scope::National } else { Province::parse_lenient(parts[1]).map(Scope::Province) == Some(scope) })
             && DateTime::parse_from_rfc3339(parts[2]).map(|t| t.with_timezone(&Utc) == start).unwrap_or(false);
@@ -339,7 +348,7 @@ pub fn validate(
         period_start: start,
         value,
         ytd,
-        source: m.source,
+        source: m.source.into_owned(),
         revision: m.revision.unwrap_or(0),
         observed_at,
         corrections,

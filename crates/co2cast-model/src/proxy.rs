@@ -124,6 +124,9 @@ impl fmt::Display for Signal {
 impl FromStr for Signal {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(x) = Signal::ALL.iter().copied().find(|x| x.as_str() == s) {
+            return Ok(x);
+        }
         let t = s.trim().to_ascii_lowercase();
         let t = match t.as_str() {
             "thermal" => "thermal_generation",

@@ -111,12 +111,23 @@ impl Province {
         Province::ALL.iter().position(|p| *p == self).expect("every province is in ALL")
     }
 
+    /// Exact ISO 3166-2:CN code (`CN-HE`), without allocating: the hot path of ingest.
+    pub fn from_iso(s: &str) -> Option<Province> {
+        if s.len() != 5 || !s.starts_with("CN-") {
+            return None;
+        }
+        Province::ALL.iter().copied().find(|p| p.iso_code() == s)
+    }
+
     /// Lenient lookup: NBS code, ISO code (with or without `CN-`), English name (spaces,
     /// case and suffixes ignored), Chinese full or short name.
     pub fn parse_lenient(s: &str) -> Option<Province> {
         let t = s.trim();
         if t.is_empty() {
             return None;
+        }
+        if let Some(p) = Province::from_iso(t) {
+            return Some(p);
         }
         if let Ok(code) = t.parse::<u32>() {
             return Province::ALL.iter().copied().find(|p| p.nbs_code() == code);

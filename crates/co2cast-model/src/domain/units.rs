@@ -80,6 +80,15 @@ pub struct UnitConversion {
 /// Recognises the energy and mass units that proxy sources use. Returns `None` for anything
 /// unknown, so that callers reject rather than guess.
 pub fn normalise_unit(raw: &str) -> Option<UnitConversion> {
+    // Canonical spellings first, without allocating.
+    match raw {
+        "GWh" => return Some(UnitConversion { canonical: "GWh", multiplier: 1.0 }),
+        "t" => return Some(UnitConversion { canonical: "t", multiplier: 1.0 }),
+        "index" => return Some(UnitConversion { canonical: "index", multiplier: 1.0 }),
+        "passengers" => return Some(UnitConversion { canonical: "passengers", multiplier: 1.0 }),
+        "degC" => return Some(UnitConversion { canonical: "degC", multiplier: 1.0 }),
+        _ => {}
+    }
     let u = raw.trim().to_ascii_lowercase().replace(' ', "");
     let (canonical, multiplier) = match u.as_str() {
         "gwh" => ("GWh", 1.0),

@@ -1,0 +1,146 @@
+//! Ingest throughput, side by side with raw rdkafka consumption from the same broker.
+//!
+//! Prints one JSON line per measurement (`{"bench": …, "messages": …, "per_sec": …}`) and a
+//! final line with the ratios. The Kafka part uses the embedded mock broker by default (its
+//! log is capped near 15 MB per partition, so at most 200,000 small messages over 8
+//! partitions); set `CO2CAST_BENCH_BROKERS` to measure against a real broker (e.g. tansu)
+//! with more messages (`CO2CAST_BENCH_MESSAGES`).
+//!
+//! Run: `cargo bench -p co2cast-pipeline --bench ingest`.
+
+use chrono::{DateTime, Utc};
+use co2cast_ingest::{PlausibilityCaps, ProxyState, ValidationRules, validate};
+use co2cast_pipeline::replay::ProxyRecord;
+use co2cast_pipeline::simulate::Simulator;
+use criterion::{Criterion, Throughput};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::hint::black_box;
+use std::time::Instant;
+
+const TOPIC: &str = "proxy.power.generation";
+
+fn records(n: usize) -> Vec<ProxyRecord> {
+    let start = DateTime::parse_from_rfc3339("2015-01-01T00:00:00+08:00").unwrap().with_timezone(&Utc);
+    Simulator::new(11, start, 0.0).take(n).collect()
+}
+
+/// Decode + validate + state update, no Kafka.
+fn ingest_path(c: &mut Criterion, recs: &[ProxyRecord]) -> f64 {
+    let caps = PlausibilityCaps::default();
+    let rules = ValidationRules::default();
+    let now = Utc::now();
+    let mut g = c.benchmark_group("ingest_path");
+    g.throughput(Throughput::Elements(recs.len() as u64));
+    g.sample_size(10);
+    g.bench_function("decode_validate_upsert", |b| {
+        b.iter(|| {
+            let mut state = ProxyState::new();
+            for r in recs {
+                if let Ok(v) = validate(TOPIC, Some(r.key.as_bytes()), r.payload.as_bytes(), now, &caps, &rules) {
+                    state.upsert(&v);
+                }
+            }
+            black_box(state.len())
+        })
+    });
+    g.finish();
+    // A plain timed pass for the machine-readable line.
+    let t = Instant::now();
+    let mut state = ProxyState::new();
+    for r in recs {
+        if let Ok(v) = validate(TOPIC, Some(r.key.as_bytes()), r.payload.as_bytes(), now, &caps, &rules) {
+            state.upsert(&v);
+        }
+    }
+    let rate = recs.len() as f64 / t.elapsed().as_secs_f64();
+    println!("{{\"bench\":\"ingest_path_one_core\",\"messages\":{},\"per_sec\":{rate:.0}}}", recs.len());
+    rate
+}
+
+fn consumer(brokers: &str, group: &str) -> BaseConsumer {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("fetch.min.bytes", "1")
+        .create()
+        .unwrap();
+    let md = c.fetch_metadata(Some(TOPIC), std::time::Duration::from_secs(5)).unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(TOPIC, p.id(), Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    c
+}
+
+/// Reads `n` messages; `work` runs on each. Returns messages per second.
+fn consume(brokers: &str, group: &str, n: usize, mut work: impl FnMut(&[u8], &[u8])) -> f64 {
+    let c = consumer(brokers, group);
+    let mut got = 0;
+    let t = Instant::now();
+    while got < n {
+        if let Some(Ok(m)) = c.poll(std::time::Duration::from_millis(100)) {
+            work(m.key().unwrap_or(&[]), m.payload().unwrap_or(&[]));
+            got += 1;
+        }
+        assert!(t.elapsed().as_secs() < 300, "only {got} of {n} messages came back");
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    let n: usize = std::env::var("CO2CAST_BENCH_MESSAGES").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let recs = records(n);
+    let path_rate = ingest_path(&mut c, &recs);
+
+    // Kafka: raw consumption versus consumption plus the ingest path, same broker, same data.
+    let cluster;
+    let brokers = match std::env::var("CO2CAST_BENCH_BROKERS") {
+        Ok(b) => b,
+        Err(_) => {
+            cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+            cluster.create_topic(TOPIC, 8, 1).unwrap();
+            cluster.bootstrap_servers()
+        }
+    };
+    let p: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "20").create().unwrap();
+    for r in &recs {
+        let mut rec = BaseRecord::to(TOPIC).key(r.key.as_bytes()).payload(r.payload.as_bytes());
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    p.poll(std::time::Duration::from_millis(5));
+                    rec = back;
+                }
+            }
+        }
+    }
+    p.flush(std::time::Duration::from_secs(60)).unwrap();
+
+    let raw = consume(&brokers, "bench-raw", n, |k, v| {
+        black_box((k.len(), v.len()));
+    });
+    println!("{{\"bench\":\"raw_rdkafka_consume\",\"messages\":{n},\"per_sec\":{raw:.0}}}");
+    let caps = PlausibilityCaps::default();
+    let rules = ValidationRules::default();
+    let now = Utc::now();
+    let mut state = ProxyState::new();
+    let full = consume(&brokers, "bench-ingest", n, |k, v| {
+        if let Ok(x) = validate(TOPIC, Some(k), v, now, &caps, &rules) {
+            state.upsert(&x);
+        }
+    });
+    println!("{{\"bench\":\"consume_and_ingest\",\"messages\":{n},\"per_sec\":{full:.0}}}");
+    println!(
+        "{{\"bench\":\"summary\",\"ingest_path_per_sec\":{path_rate:.0},\"raw_consume_per_sec\":{raw:.0},\"consume_and_ingest_per_sec\":{full:.0},\"ratio_to_raw\":{:.3},\"broker\":\"{}\"}}",
+        full / raw,
+        if std::env::var("CO2CAST_BENCH_BROKERS").is_ok() { "external" } else { "mock" }
+    );
+    c.final_summary();
+}
