@@ -1,6 +1,7 @@
 //! `co2cast`: streaming estimates of China's CO2 emissions by province and sector.
 
 mod backtest;
+mod config;
 mod estimate;
 mod produce;
 mod run;

@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Settings file (TOML, see pipelines/processor.toml); env CO2CAST__PROCESSOR__* and the
+    /// flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Kafka bootstrap servers. Without it, an in-process Kafka is started and the bundled
     /// sample (2018–2019, 31 provinces) is replayed into it.
     #[arg(long)]
@@ -21,9 +25,9 @@ pub struct Args {
     /// Stop once all input is processed (for scripts and tests) instead of serving on.
     #[arg(long)]
     exit_when_idle: bool,
-    /// Monte Carlo members per estimate.
-    #[arg(long, default_value_t = 200)]
-    members: usize,
+    /// Monte Carlo members per estimate (default from the settings: 200).
+    #[arg(long)]
+    members: Option<usize>,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -45,8 +49,12 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         let stop = stop.clone();
         ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed)).map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
     }
-    let mut cfg = ProcessorConfig { ensemble_members: a.members, ..ProcessorConfig::default() };
-    if a.brokers.is_none() {
+    let mut cfg: ProcessorConfig = crate::config::load(a.config.as_deref())?.processor;
+    if let Some(m) = a.members {
+        cfg.ensemble_members = m.max(20);
+    }
+    let brokers = a.brokers.clone().or_else(|| (a.config.is_some() || std::env::var_os("CO2CAST__PROCESSOR__BROKERS").is_some()).then(|| cfg.brokers.clone()));
+    if brokers.is_none() {
         // The sample is small: re-estimate often enough to show nowcasts being revised.
         cfg.checkpoint_every_messages = 2_000;
     }
@@ -61,10 +69,12 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         cfg.provinces = Some(p.clone());
     }
-    let summary = match &a.brokers {
+    let summary = match &brokers {
         Some(b) => {
             cfg.brokers = b.clone();
-            cfg.checkpoint_dir = a.state_dir.clone().unwrap_or_else(|| PathBuf::from("co2cast-state"));
+            if let Some(d) = &a.state_dir {
+                cfg.checkpoint_dir = d.clone();
+            }
             let mut p = Processor::new(cfg, history)?;
             p.run(stop, a.exit_when_idle, |_| {})?
         }
