@@ -4,7 +4,7 @@
 
 use crate::message::Granularity;
 use crate::validate::ValidProxy;
-use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
+use chrono::{DateTime, NaiveDate, Timelike, Utc};
 use co2cast_model::calendar::{DayFactorTable, HolidayCalendar, days_in_month, shanghai};
 use co2cast_model::domain::Sector;
 use co2cast_model::proxy::{ProxyPanel, Scope, Signal};
@@ -185,9 +185,4 @@ pub fn local_date(unix: i64) -> NaiveDate {
 /// Hour of day in Asia/Shanghai.
 pub fn local_hour(unix: i64) -> u32 {
     DateTime::<Utc>::from_timestamp(unix, 0).expect("valid timestamp").with_timezone(&shanghai()).hour()
-}
-
-#[allow(dead_code)]
-fn year_of(unix: i64) -> i32 {
-    local_date(unix).year()
 }

@@ -315,7 +315,6 @@ impl<'a> Estimator<'a> {
         let mut infos = Vec::new();
         let mut any = false;
         for (mi, m) in months.iter().enumerate() {
-            let mut total = 0.0;
             let mut base_weight = 0.0;
             let mut observed_weight = 0.0;
             let mut ahead = 0u32;
@@ -339,7 +338,6 @@ impl<'a> Estimator<'a> {
                     }
                 }
                 ahead = ahead.max(cm.nowcast_months);
-                total += cm.value;
                 let weights: Vec<f64> = match &cm.daily_weights {
                     Some(v) => v.clone(),
                     None => month_days.iter().map(|d| self.day_factors.factor(s, self.calendar, *d)).collect(),
@@ -359,7 +357,6 @@ impl<'a> Estimator<'a> {
             } else {
                 SourceType::Proxy
             };
-            let _ = total;
             infos.push(MonthInfo { month: *m, source_type, coverage, nowcast_months: ahead, proxies: proxies_used });
             for (d, v) in month_days.into_iter().zip(day_values) {
                 days.push(d);
