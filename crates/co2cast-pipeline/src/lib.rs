@@ -13,5 +13,6 @@ pub mod estimates;
 pub mod processor;
 pub mod replay;
 pub mod simulate;
+pub mod source;
 
 pub use processor::{DLQ_TOPIC, ESTIMATES_TOPIC, Processor, ProcessorConfig, RunSummary};

@@ -13,8 +13,11 @@ use co2cast_model::calibration::{Calibration, ModelConfig, calibrate};
 use co2cast_model::estimate::{Band, EnsembleSettings, Estimator, SourceType};
 use co2cast_model::proxy::ProxyPanel;
 use co2cast_model::series::YearMonth;
+use crate::source::{GroupContext, MessageBatch, Positions, spawn_poll_thread};
+use co2cast_model::domain::{Province, Sector};
+use co2cast_model::proxy::Scope;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -36,7 +39,13 @@ pub struct ProcessorConfig {
     pub checkpoint_dir: PathBuf,
     /// Re-estimate, publish and checkpoint after this many messages (and whenever input is idle).
     pub checkpoint_every_messages: u64,
+    /// Re-estimate once input has been quiet this long (low latency for sparse streams).
+    pub flush_linger_ms: u64,
+    /// Re-estimate at the latest this long after the oldest unpublished message.
+    pub max_flush_delay_ms: u64,
     pub poll_timeout_ms: u64,
+    pub session_timeout_ms: u64,
+    pub heartbeat_interval_ms: u64,
     /// How long input must be quiet before the processor counts as idle.
     pub idle_after_ms: u64,
     pub allowed_lateness_s: i64,
@@ -57,7 +66,11 @@ impl Default for ProcessorConfig {
             group_id: "co2cast".into(),
             checkpoint_dir: PathBuf::from("state"),
             checkpoint_every_messages: 20_000,
+            flush_linger_ms: 50,
+            max_flush_delay_ms: 500,
             poll_timeout_ms: 100,
+            session_timeout_ms: 10_000,
+            heartbeat_interval_ms: 1_000,
             idle_after_ms: 1_500,
             allowed_lateness_s: 3 * 86_400,
             signal_idle_timeout_s: 60,
@@ -103,30 +116,86 @@ pub struct NationalYear {
 
 pub struct Processor {
     cfg: ProcessorConfig,
-    consumer: BaseConsumer,
+    consumer: Arc<BaseConsumer<GroupContext>>,
+    positions: Positions,
     producer: BaseProducer,
     ckpt: Checkpoint,
     history: Dataset,
     caps: PlausibilityCaps,
     rules: ValidationRules,
     calibrations: BTreeMap<(i32, u32), Calibration>,
-    dirty_years: BTreeSet<i32>,
+    dirty: BTreeMap<i32, Dirty>,
+    cache: BTreeMap<i32, YearCache>,
     since_flush: u64,
+    oldest_unflushed: Option<Instant>,
+    last_flush_cost: std::time::Duration,
     national: BTreeMap<i32, NationalYear>,
+    /// Messages were taken from Kafka but not handled: positions must go back to the checkpoint.
+    resync: bool,
     received_counter: Option<Arc<std::sync::atomic::AtomicU64>>,
     input_complete: Option<Arc<AtomicBool>>,
 }
 
+/// What must be re-estimated in a year.
+#[derive(Debug, Clone, PartialEq)]
+enum Dirty {
+    All,
+    Provinces(BTreeSet<Province>),
+}
+
+impl Dirty {
+    fn add(&mut self, scope: Scope) {
+        match (scope, &mut *self) {
+            (_, Dirty::All) => {}
+            (Scope::National, d) => *d = Dirty::All,
+            (Scope::Province(p), Dirty::Provinces(set)) => {
+                set.insert(p);
+            }
+        }
+    }
+
+    fn includes(&self, p: Province) -> bool {
+        match self {
+            Dirty::All => true,
+            Dirty::Provinces(s) => s.contains(&p),
+        }
+    }
+}
+
+/// A province's rows of one year, kept so that a change in one province re-estimates only
+/// that province; national rows are re-summed from the members.
+struct ProvinceYear {
+    rows: Vec<EstimateRow>,
+    central: Vec<f64>,
+    /// Members × days, summed over sectors.
+    members: Vec<Vec<f64>>,
+    /// Σ coverage·value and source type per day, for the national rows.
+    coverage_weighted: Vec<f64>,
+    source: Vec<SourceType>,
+}
+
+struct YearCache {
+    base_year: i32,
+    through: NaiveDate,
+    days: Vec<NaiveDate>,
+    provinces: BTreeMap<Province, ProvinceYear>,
+}
+
 impl Processor {
     pub fn new(cfg: ProcessorConfig, history: Dataset) -> Result<Processor, PipelineError> {
-        let consumer: BaseConsumer = ClientConfig::new()
+        let watermarks = Watermarks::new(Duration::seconds(cfg.allowed_lateness_s), Duration::seconds(cfg.signal_idle_timeout_s));
+        let ckpt = Checkpoint::load(&cfg.checkpoint_dir)?.unwrap_or_else(|| Checkpoint::empty(watermarks));
+        let positions = Positions::from_offsets(&ckpt.offsets);
+        let consumer: BaseConsumer<GroupContext> = ClientConfig::new()
             .set("bootstrap.servers", &cfg.brokers)
             .set("group.id", &cfg.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .create()
+            .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+            .set("heartbeat.interval.ms", cfg.heartbeat_interval_ms.to_string())
+            .create_with_context(GroupContext::new(positions.clone()))
             .map_err(kafka("create consumer"))?;
         let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", &cfg.brokers)
@@ -136,54 +205,50 @@ impl Processor {
             .set("queue.buffering.max.messages", "200000")
             .create()
             .map_err(kafka("create producer"))?;
-        let watermarks = Watermarks::new(Duration::seconds(cfg.allowed_lateness_s), Duration::seconds(cfg.signal_idle_timeout_s));
-        let ckpt = Checkpoint::load(&cfg.checkpoint_dir)?.unwrap_or_else(|| Checkpoint::empty(watermarks));
         let caps = PlausibilityCaps::from_history(&history.proxies);
         let rules = ValidationRules { future_tolerance: Duration::seconds(cfg.future_tolerance_s), ..ValidationRules::default() };
-        let mut p = Processor {
+        let p = Processor {
             cfg,
-            consumer,
+            consumer: Arc::new(consumer),
+            positions,
             producer,
             ckpt,
             history,
             caps,
             rules,
             calibrations: BTreeMap::new(),
-            dirty_years: BTreeSet::new(),
+            dirty: BTreeMap::new(),
+            cache: BTreeMap::new(),
             since_flush: 0,
+            oldest_unflushed: None,
+            last_flush_cost: std::time::Duration::ZERO,
             national: BTreeMap::new(),
+            resync: false,
             received_counter: None,
             input_complete: None,
         };
-        p.assign()?;
+        p.subscribe()?;
         Ok(p)
     }
 
-    /// Manual assignment of every partition of the proxy topics, at the checkpointed offsets.
-    /// The source of truth for offsets is the checkpoint; commits to Kafka are only for lag
-    /// monitoring.
-    fn assign(&mut self) -> Result<(), PipelineError> {
-        let mut tpl = TopicPartitionList::new();
+    /// Joins the consumer group on every proxy topic. Assigned partitions start at this
+    /// processor's checkpointed offsets (see `source::GroupContext`); the checkpoint is the
+    /// source of truth, and offsets committed to the group serve lag monitoring.
+    fn subscribe(&self) -> Result<(), PipelineError> {
+        let mut total = 0;
         for t in Topic::ALL {
             let md = self
                 .consumer
                 .fetch_metadata(Some(t.name()), std::time::Duration::from_secs(10))
                 .map_err(kafka("fetch metadata"))?;
-            for topic in md.topics() {
-                for part in topic.partitions() {
-                    let key = partition_key(t.name(), part.id());
-                    let offset = match self.ckpt.offsets.get(&key) {
-                        Some(o) => Offset::Offset(*o),
-                        None => Offset::Beginning,
-                    };
-                    tpl.add_partition_offset(t.name(), part.id(), offset).map_err(kafka("assign"))?;
-                }
-            }
+            total += md.topics().iter().filter(|x| x.error().is_none()).map(|x| x.partitions().len()).sum::<usize>();
         }
-        if tpl.count() == 0 {
+        if total == 0 {
             return Err(PipelineError::Config("no partitions found for the proxy topics".into()));
         }
-        self.consumer.assign(&tpl).map_err(kafka("assign"))?;
+        self.consumer.context().total_partitions.store(total, Ordering::Release);
+        let names: Vec<&str> = Topic::ALL.iter().map(|t| t.name()).collect();
+        self.consumer.subscribe(&names).map_err(kafka("subscribe"))?;
         Ok(())
     }
 
@@ -214,6 +279,11 @@ impl Processor {
         &self.ckpt.counters
     }
 
+    /// Partitions of the proxy topics this group member holds.
+    pub fn assigned_partitions(&self) -> usize {
+        self.consumer.context().assigned.load(Ordering::Acquire)
+    }
+
     /// Consumes until `stop` is set, or, with `exit_when_idle`, until every assigned partition
     /// is read to its end and input has been quiet for `idle_after_ms`.
     pub fn run(
@@ -222,40 +292,27 @@ impl Processor {
         exit_when_idle: bool,
         mut on_progress: impl FnMut(&crate::checkpoint::Counters),
     ) -> Result<RunSummary, PipelineError> {
+        if std::mem::take(&mut self.resync) {
+            // Rejoin so that partitions are reassigned at the checkpointed offsets.
+            self.positions.reset(&self.ckpt.offsets);
+            self.consumer.unsubscribe();
+            self.subscribe()?;
+        }
         let poll = std::time::Duration::from_millis(self.cfg.poll_timeout_ms);
-        let mut last_message = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            match self.consumer.poll(poll) {
-                Some(Ok(m)) => {
-                    let topic = m.topic().to_string();
-                    let (partition, offset) = (m.partition(), m.offset());
-                    let key = m.key().map(|k| k.to_vec());
-                    let payload = m.payload().map(|p| p.to_vec());
-                    drop(m);
-                    self.handle(&topic, partition, offset, key.as_deref(), payload.as_deref())?;
-                    last_message = Instant::now();
-                    if self.since_flush >= self.cfg.checkpoint_every_messages {
-                        self.flush()?;
-                        on_progress(&self.ckpt.counters);
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(message = "Kafka consumer error.", error = %e);
-                }
-                None => {
-                    let idle = last_message.elapsed() >= std::time::Duration::from_millis(self.cfg.idle_after_ms);
-                    if self.since_flush > 0 && idle {
-                        self.flush()?;
-                        on_progress(&self.ckpt.counters);
-                    }
-                    let complete = self.input_complete.as_ref().is_none_or(|f| f.load(Ordering::Relaxed));
-                    if exit_when_idle && idle && complete && self.caught_up()? {
-                        break;
-                    }
-                }
+        let poll_stop = Arc::new(AtomicBool::new(false));
+        let (rx, poller) = spawn_poll_thread(self.consumer.clone(), self.positions.clone(), poll_stop.clone(), poll, 16);
+        let result = self.consume(&rx, &stop, exit_when_idle, &mut on_progress);
+        poll_stop.store(true, Ordering::Relaxed);
+        // Batches the poll thread took but nobody handled are after the checkpoint: the next
+        // run (or a restart) reads them again.
+        while let Ok(b) = rx.recv() {
+            if !b.entries.is_empty() {
+                self.resync = true;
             }
         }
-        if self.since_flush > 0 {
+        let _ = poller.join();
+        result?;
+        if self.since_flush > 0 || !self.dirty.is_empty() {
             self.flush()?;
         }
         Ok(RunSummary {
@@ -265,9 +322,57 @@ impl Processor {
         })
     }
 
+    fn consume(
+        &mut self,
+        rx: &std::sync::mpsc::Receiver<MessageBatch>,
+        stop: &AtomicBool,
+        exit_when_idle: bool,
+        on_progress: &mut dyn FnMut(&crate::checkpoint::Counters),
+    ) -> Result<(), PipelineError> {
+        let ms = std::time::Duration::from_millis;
+        let tick = ms(self.cfg.flush_linger_ms.clamp(1, self.cfg.poll_timeout_ms.max(1)));
+        let mut last_message = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            match rx.recv_timeout(tick) {
+                Ok(batch) => {
+                    if !self.handle_batch(&batch, stop, on_progress)? {
+                        self.resync = true;
+                        return Ok(());
+                    }
+                    last_message = Instant::now();
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(PipelineError::Config("the Kafka poll thread ended unexpectedly".into()));
+                }
+            }
+            let quiet = last_message.elapsed();
+            // A flush costs a re-estimation; under a backlog, space flushes so that they take
+            // at most a fifth of the time.
+            let max_delay = ms(self.cfg.max_flush_delay_ms).max(self.last_flush_cost * 4);
+            let due = self.since_flush >= self.cfg.checkpoint_every_messages
+                || (self.since_flush > 0 && quiet >= ms(self.cfg.flush_linger_ms))
+                || self.oldest_unflushed.is_some_and(|t| t.elapsed() >= max_delay);
+            if due {
+                self.flush()?;
+                on_progress(&self.ckpt.counters);
+            }
+            if exit_when_idle && quiet >= ms(self.cfg.idle_after_ms) {
+                let complete = self.input_complete.as_ref().is_none_or(|f| f.load(Ordering::Relaxed));
+                if complete && self.since_flush == 0 && self.caught_up()? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Every assigned partition has been read to its high watermark.
     fn caught_up(&self) -> Result<bool, PipelineError> {
         let assignment = self.consumer.assignment().map_err(kafka("assignment"))?;
+        if assignment.count() == 0 {
+            return Ok(false);
+        }
         for e in assignment.elements() {
             let (_, high) = self
                 .consumer
@@ -281,13 +386,72 @@ impl Processor {
         Ok(true)
     }
 
-    fn handle(&mut self, topic: &str, partition: i32, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<(), PipelineError> {
+    /// Handles a batch; flushes inside it when `checkpoint_every_messages` is reached, with
+    /// offsets recorded up to the message handled last.
+    /// Returns false when `stop` was set at an in-batch flush; the rest of the batch is then
+    /// left unhandled (it is after the checkpoint, so a restart reads it again).
+    fn handle_batch(
+        &mut self,
+        batch: &MessageBatch,
+        stop: &AtomicBool,
+        on_progress: &mut dyn FnMut(&crate::checkpoint::Counters),
+    ) -> Result<bool, PipelineError> {
         let now = self.now();
+        if !batch.entries.is_empty() && self.oldest_unflushed.is_none() {
+            self.oldest_unflushed = batch.first_polled.or(Some(Instant::now()));
+        }
+        // The current run of messages from one partition: (entry index of its start, next offset).
+        let mut run: Option<(usize, i64)> = None;
+        for (i, e) in batch.entries.iter().enumerate() {
+            if let Some((start, next)) = run
+                && (batch.entries[start].partition != e.partition || !Arc::ptr_eq(&batch.entries[start].topic, &e.topic))
+            {
+                self.record_offset(&batch.entries[start], next);
+                run = None;
+            }
+            self.handle(now, &e.topic, e.partition, e.offset, batch.key(e), batch.payload(e))?;
+            run = Some((run.map_or(i, |r| r.0), e.offset + 1));
+            if self.since_flush >= self.cfg.checkpoint_every_messages {
+                if let Some((start, next)) = run.take() {
+                    self.record_offset(&batch.entries[start], next);
+                }
+                self.flush()?;
+                on_progress(&self.ckpt.counters);
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(false);
+                }
+                if i + 1 < batch.entries.len() {
+                    self.oldest_unflushed = Some(Instant::now());
+                }
+            }
+        }
+        if let Some((start, next)) = run {
+            self.record_offset(&batch.entries[start], next);
+        }
+        if let Some(rc) = &self.received_counter {
+            rc.store(self.ckpt.counters.received, Ordering::Relaxed);
+        }
+        Ok(true)
+    }
+
+    fn record_offset(&mut self, e: &crate::source::BatchEntry, next: i64) {
+        let k = partition_key(&e.topic, e.partition);
+        let slot = self.ckpt.offsets.entry(k).or_insert(next);
+        *slot = (*slot).max(next);
+    }
+
+    fn handle(
+        &mut self,
+        now: DateTime<Utc>,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Result<(), PipelineError> {
         let c = &mut self.ckpt.counters;
         c.received += 1;
-        if let Some(rc) = &self.received_counter {
-            rc.store(c.received, Ordering::Relaxed);
-        }
+        self.since_flush += 1;
         let result = match payload {
             None => Err(co2cast_ingest::Reject { code: co2cast_ingest::RejectCode::MalformedJson, reason: "empty payload".into() }),
             Some(p) => validate(topic, key, p, now, &self.caps, &self.rules),
@@ -309,9 +473,11 @@ impl Processor {
                 if up.changed() {
                     let y = shanghai_day(&v.period_start).year();
                     // A base-year value changes the ratios of the following year too.
-                    self.dirty_years.insert(y);
-                    self.dirty_years.insert(y + 1);
+                    for year in [y, y + 1] {
+                        self.dirty.entry(year).or_insert_with(|| Dirty::Provinces(BTreeSet::new())).add(v.scope);
+                    }
                 }
+                Ok(())
             }
             Err(r) => {
                 c.dead_lettered += 1;
@@ -326,12 +492,9 @@ impl Processor {
                 if let Some(k) = key {
                     rec = rec.key(k);
                 }
-                self.send(rec)?;
+                self.send(rec)
             }
         }
-        self.ckpt.offsets.insert(partition_key(topic, partition), offset + 1);
-        self.since_flush += 1;
-        Ok(())
     }
 
     fn send(&self, mut rec: BaseRecord<'_, [u8], [u8]>) -> Result<(), PipelineError> {
@@ -348,12 +511,21 @@ impl Processor {
         }
     }
 
-    /// Re-estimates dirty years, publishes changed rows, then checkpoints offsets and state.
+    /// Re-estimates what changed, publishes changed rows, then checkpoints offsets and state.
+    /// A member holding only some of the partitions has part of the inputs: it checkpoints
+    /// but holds estimates back until it owns every partition.
     pub fn flush(&mut self) -> Result<(), PipelineError> {
-        let years: Vec<i32> = std::mem::take(&mut self.dirty_years).into_iter().collect();
-        let live = self.ckpt.state.to_panel();
-        for year in years {
-            self.estimate_year(year, &live)?;
+        let started = Instant::now();
+        if self.consumer.context().owns_all() {
+            let dirty = std::mem::take(&mut self.dirty);
+            if !dirty.is_empty() {
+                let live = self.ckpt.state.to_panel();
+                for (year, d) in dirty {
+                    self.estimate_year(year, &d, &live)?;
+                }
+            }
+        } else if !self.dirty.is_empty() {
+            tracing::debug!(message = "Estimates held back: this member holds only some partitions.", assigned = self.assigned_partitions());
         }
         self.producer.flush(std::time::Duration::from_secs(30)).map_err(kafka("flush"))?;
         self.ckpt.save(&self.cfg.checkpoint_dir)?;
@@ -366,14 +538,18 @@ impl Processor {
                 let _ = tpl.add_partition_offset(t, p, Offset::Offset(*o));
             }
         }
-        if let Err(e) = self.consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async) {
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async)
+        {
             tracing::debug!(message = "Offset commit for lag monitoring failed.", error = %e);
         }
         self.since_flush = 0;
+        self.oldest_unflushed = None;
+        self.last_flush_cost = started.elapsed();
         Ok(())
     }
 
-    fn estimate_year(&mut self, year: i32, live: &ProxyPanel) -> Result<(), PipelineError> {
+    fn estimate_year(&mut self, year: i32, dirty: &Dirty, live: &ProxyPanel) -> Result<(), PipelineError> {
         let inv_years = self.history.inventory.years();
         let Some(&last_inv) = inv_years.iter().filter(|y| **y < year).max() else { return Ok(()) };
         // Days up to the furthest signal watermark: later days have no data at all yet.
@@ -405,47 +581,76 @@ impl Processor {
         let est = Estimator { calibration: cal, inventory: &base_inv, proxies: &panel, calendar: &hc, day_factors: &df };
         let months: Vec<YearMonth> = (1..=through.month()).map(|m| YearMonth::new(year, m)).collect();
         let settings = EnsembleSettings { members: self.cfg.ensemble_members, seed: self.cfg.ensemble_seed };
-        let wanted: Option<Vec<co2cast_model::Province>> = self
-            .cfg
-            .provinces
-            .as_ref()
-            .map(|v| v.iter().filter_map(|p| co2cast_model::Province::parse_lenient(p)).collect());
-        let rows: Vec<_> = est
-            .all_rows(&months, settings)
-            .into_iter()
-            .filter(|r| wanted.as_ref().is_none_or(|w| w.contains(&r.province)))
-            .collect();
+        let wanted: Option<Vec<Province>> =
+            self.cfg.provinces.as_ref().map(|v| v.iter().filter_map(|p| Province::parse_lenient(p)).collect());
+        // A cache for another day range or base year is of no use.
+        let reuse = self.cache.get(&year).is_some_and(|c| c.through == through && c.base_year == last_inv);
+        let cache = if reuse {
+            self.cache.get_mut(&year).expect("checked")
+        } else {
+            self.cache.insert(year, YearCache { base_year: last_inv, through, days: Vec::new(), provinces: BTreeMap::new() });
+            self.cache.get_mut(&year).expect("inserted")
+        };
         let mut out = Vec::new();
-        let ndays = rows.first().map(|r| r.days.iter().filter(|d| **d <= through).count()).unwrap_or(0);
-        let mut nat_central = vec![0.0; ndays];
-        let mut nat_members = vec![vec![0.0; ndays]; settings.members];
-        let mut nat_source = vec![SourceType::Proxy; ndays];
-        let mut nat_cov = vec![(0.0, 0.0); ndays];
-        for r in &rows {
-            for (i, d) in r.daily_estimates(last_inv).into_iter().enumerate().take(ndays) {
-                nat_central[i] += d.value_mtco2;
-                nat_source[i] = nat_source[i].max(d.source_type);
-                nat_cov[i].0 += d.coverage * d.value_mtco2;
-                nat_cov[i].1 += d.value_mtco2;
-                out.push(EstimateRow::from_daily(&d));
+        for p in Province::ALL {
+            if wanted.as_ref().is_some_and(|w| !w.contains(&p)) || (reuse && !dirty.includes(p)) {
+                continue;
             }
-            for (acc, m) in nat_members.iter_mut().zip(&r.members) {
+            let rows: Vec<_> = Sector::ALL.iter().filter_map(|s| est.row(p, *s, &months, settings)).collect();
+            if rows.is_empty() {
+                cache.provinces.remove(&p);
+                continue;
+            }
+            let ndays = rows[0].days.iter().filter(|d| **d <= through).count();
+            cache.days = rows[0].days[..ndays].to_vec();
+            let mut py = ProvinceYear {
+                rows: Vec::new(),
+                central: vec![0.0; ndays],
+                members: vec![vec![0.0; ndays]; settings.members],
+                coverage_weighted: vec![0.0; ndays],
+                source: vec![SourceType::Proxy; ndays],
+            };
+            for r in &rows {
+                for (i, d) in r.daily_estimates(last_inv).into_iter().enumerate().take(ndays) {
+                    py.central[i] += d.value_mtco2;
+                    py.source[i] = py.source[i].max(d.source_type);
+                    py.coverage_weighted[i] += d.coverage * d.value_mtco2;
+                    py.rows.push(EstimateRow::from_daily(&d));
+                }
+                for (acc, m) in py.members.iter_mut().zip(&r.members) {
+                    for (x, y) in acc.iter_mut().zip(m) {
+                        *x += y;
+                    }
+                }
+            }
+            out.extend(py.rows.iter().cloned());
+            cache.provinces.insert(p, py);
+        }
+        // National rows from the joint ensemble of every province.
+        let ndays = cache.days.len();
+        let mut central = vec![0.0; ndays];
+        let mut members = vec![vec![0.0; ndays]; settings.members];
+        let mut cov = vec![0.0; ndays];
+        let mut source = vec![SourceType::Proxy; ndays];
+        for py in cache.provinces.values() {
+            for i in 0..ndays {
+                central[i] += py.central[i];
+                cov[i] += py.coverage_weighted[i];
+                source[i] = source[i].max(py.source[i]);
+            }
+            for (acc, m) in members.iter_mut().zip(&py.members) {
                 for (x, y) in acc.iter_mut().zip(m) {
                     *x += y;
                 }
             }
         }
-        let days: Vec<NaiveDate> = rows.first().map(|r| r.days[..ndays].to_vec()).unwrap_or_default();
-        for (i, d) in days.iter().enumerate() {
-            let col: Vec<f64> = nat_members.iter().map(|m| m[i]).collect();
-            let cov = if nat_cov[i].1 > 0.0 { nat_cov[i].0 / nat_cov[i].1 } else { 0.0 };
-            out.push(EstimateRow::national(*d, &Band::from_members(nat_central[i], &col), nat_source[i], cov, last_inv));
+        for (i, d) in cache.days.iter().enumerate() {
+            let col: Vec<f64> = members.iter().map(|m| m[i]).collect();
+            let c = if central[i] > 0.0 { cov[i] / central[i] } else { 0.0 };
+            out.push(EstimateRow::national(*d, &Band::from_members(central[i], &col), source[i], c, last_inv));
         }
-        let annual_members: Vec<f64> = nat_members.iter().map(|m| m.iter().sum()).collect();
-        self.national.insert(
-            year,
-            NationalYear { year, days: ndays, band: Band::from_members(nat_central.iter().sum(), &annual_members) },
-        );
+        let annual_members: Vec<f64> = members.iter().map(|m| m.iter().sum()).collect();
+        self.national.insert(year, NationalYear { year, days: ndays, band: Band::from_members(central.iter().sum(), &annual_members) });
         let changed = self.ckpt.published.diff(out);
         if changed.is_empty() {
             return Ok(());

@@ -184,17 +184,118 @@ fn nowcasts_are_replaced_when_the_monthly_data_arrive() {
     drop(cluster);
 }
 
-#[test]
-fn a_stop_and_restore_gives_the_same_estimates_as_a_straight_run() {
-    let (data, records) = sample();
-    // Straight through.
-    let straight = {
+/// The estimates of one uninterrupted run over the sample, in order (computed once).
+fn straight_run() -> &'static BTreeMap<String, serde_json::Value> {
+    static STRAIGHT: std::sync::OnceLock<BTreeMap<String, serde_json::Value>> = std::sync::OnceLock::new();
+    STRAIGHT.get_or_init(|| {
+        let (data, records) = sample();
         let cluster = co2cast_pipeline::embedded::start_cluster().unwrap();
         let brokers = cluster.bootstrap_servers();
         produce(&brokers, &records);
         run_to_idle(config(&brokers, &tempdir("straight")), &data);
         latest_estimates(&brokers)
+    })
+}
+
+#[test]
+fn out_of_order_and_late_data_give_the_same_estimates_and_late_revisions() {
+    let (data, records) = sample();
+    let cluster = co2cast_pipeline::embedded::start_cluster().unwrap();
+    let brokers = cluster.bootstrap_servers();
+    // Newest first: almost every message arrives behind its signal's watermark.
+    let mut reversed = records.clone();
+    reversed.reverse();
+    produce(&brokers, &reversed);
+    let dir = tempdir("reversed");
+    let s = run_to_idle(config(&brokers, &dir), &data);
+    assert!(s.counters.late > records.len() as u64 / 2, "{:?}", s.counters);
+    assert_eq!(s.counters.accepted, records.len() as u64, "late data is never dropped");
+    assert_same_estimates(straight_run(), &latest_estimates(&brokers));
+
+    // A late revision of a day long behind the watermark raises that day's revision.
+    let before = read_all(&brokers, ESTIMATES_TOPIC).len();
+    let old = records
+        .iter()
+        .find(|r| r.key.starts_with("power.generation/CN-GD/2019-03") && r.payload.contains("\"day\""))
+        .or_else(|| records.iter().find(|r| r.key.starts_with("power.generation/CN-GD/2019-03")))
+        .expect("a March 2019 Guangdong power message");
+    let mut revised: serde_json::Value = serde_json::from_str(&old.payload).unwrap();
+    revised["revision"] = 5.into();
+    revised["value"] = (revised["value"].as_f64().unwrap() * 1.2).into();
+    raw(&brokers, old.topic.name(), &old.key, revised.to_string().as_bytes());
+    let s = run_to_idle(config(&brokers, &dir), &data);
+    assert_eq!(s.counters.revisions, 1);
+    assert!(s.counters.late >= 1);
+    let new_rows: Vec<serde_json::Value> =
+        read_all(&brokers, ESTIMATES_TOPIC)[before..].iter().map(|(_, v, _)| serde_json::from_slice(v).unwrap()).collect();
+    let gd_march = new_rows
+        .iter()
+        .find(|r| r["province"] == "CN-GD" && r["sector"] == "power" && r["date"].as_str().unwrap().starts_with("2019-03"))
+        .unwrap_or_else(|| panic!("no new revision for Guangdong power in March 2019"));
+    assert!(gd_march["revision"].as_u64().unwrap() >= 1, "{gd_march}");
+    // Only the revised province (and the national total) is republished.
+    assert!(new_rows.iter().all(|r| r["province"] == "CN-GD" || r["province"] == "CN"), "other provinces were republished");
+    drop(cluster);
+}
+
+#[test]
+fn a_consumer_group_shares_partitions_and_the_survivor_takes_over() {
+    let (data, records) = sample();
+    let cluster = co2cast_pipeline::embedded::start_cluster().unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let total_partitions = Topic::ALL.len() * co2cast_pipeline::embedded::PARTITIONS as usize;
+    let member = |name: &str, stop: Arc<AtomicBool>, received: Arc<AtomicU64>, assigned: Arc<AtomicU64>| {
+        let cfg = ProcessorConfig { group_id: "group-test".into(), ..config(&brokers, &tempdir(name)) };
+        let data = data.clone();
+        std::thread::spawn(move || {
+            let mut p = Processor::new(cfg, data).unwrap().with_received_counter(received);
+            let s = p.run(stop, false, |_| {}).unwrap();
+            assigned.store(p.assigned_partitions() as u64, std::sync::atomic::Ordering::SeqCst);
+            s
+        })
     };
+    let (stop_a, stop_b) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let (recv_a, recv_b) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (asg_a, asg_b) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let a = member("group-a", stop_a.clone(), recv_a.clone(), asg_a.clone());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let b = member("group-b", stop_b.clone(), recv_b.clone(), asg_b.clone());
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    produce(&brokers, &records);
+    let load = |x: &AtomicU64| x.load(std::sync::atomic::Ordering::SeqCst);
+    let wait = |cond: &dyn Fn() -> bool, what: &str| {
+        let t = std::time::Instant::now();
+        while !cond() {
+            assert!(t.elapsed().as_secs() < 90, "timed out waiting for {what}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    // Each message is read by exactly one member.
+    wait(&|| load(&recv_a) + load(&recv_b) == records.len() as u64, "the two members to read everything");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(load(&recv_a) > 0 && load(&recv_b) > 0, "both members got partitions: {} / {}", load(&recv_a), load(&recv_b));
+    assert_eq!(load(&recv_a) + load(&recv_b), records.len() as u64);
+    // Neither holds every input, so neither publishes partial estimates.
+    assert!(read_all(&brokers, ESTIMATES_TOPIC).is_empty(), "a member with part of the partitions published");
+    // B leaves; A is assigned B's partitions, reads them from its own checkpoint (the start),
+    // and publishes estimates identical to a single uninterrupted member's.
+    stop_b.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sb = b.join().unwrap();
+    assert_eq!(sb.counters.received, sb.counters.accepted + sb.counters.dead_lettered);
+    wait(&|| load(&recv_a) == records.len() as u64, "the survivor to read the partitions it took over");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    stop_a.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sa = a.join().unwrap();
+    assert_eq!(load(&asg_a) as usize, total_partitions, "the survivor holds every partition");
+    assert_eq!(sa.counters.received, records.len() as u64);
+    assert_same_estimates(straight_run(), &latest_estimates(&brokers));
+    drop(cluster);
+}
+
+#[test]
+fn a_stop_and_restore_gives_the_same_estimates_as_a_straight_run() {
+    let (data, records) = sample();
+    let straight = straight_run().clone();
     // Stopped after a few checkpoints, then restored from the checkpoint and finished.
     let restored = {
         let cluster = co2cast_pipeline::embedded::start_cluster().unwrap();
