@@ -92,7 +92,7 @@ fn embedded(
     exit_when_idle: bool,
     quiet: bool,
 ) -> Result<RunSummary, Box<dyn std::error::Error>> {
-    let cluster = co2cast_pipeline::embedded::start_cluster()?;
+    let cluster = co2cast_pipeline::embedded::start_cluster_with(&cfg.topics)?;
     cfg.brokers = cluster.bootstrap_servers();
     // A fresh embedded cluster has none of the offsets an old checkpoint would name.
     let dir = state_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("co2cast-embedded-{}", std::process::id())));
@@ -114,10 +114,11 @@ fn embedded(
             .progress_chars("=> "),
     );
     let replay = {
+        let topics = cfg.topics.clone();
         let (brokers, consumed, produced, complete, stop) = (cfg.brokers.clone(), consumed.clone(), produced.clone(), complete.clone(), stop.clone());
         std::thread::spawn(move || -> Result<(), String> {
             // The mock broker keeps a bounded log per partition: stay at most 2,000 ahead (this also keeps partitions interleaved in event time).
-            let r = produce_paced(&brokers, &records, 2_000, Some(consumed), produced, stop).map_err(|e| e.to_string());
+            let r = produce_paced(&brokers, &topics, &records, 2_000, Some(consumed), produced, stop).map_err(|e| e.to_string());
             complete.store(true, Ordering::Relaxed);
             r
         })

@@ -73,7 +73,7 @@ fn assert_same(a: &BTreeMap<String, serde_json::Value>, b: &BTreeMap<String, ser
 fn sigkill_and_restart_give_the_estimates_of_an_uninterrupted_run() {
     let records = sample();
     let produce = |brokers: &str| {
-        produce_paced(brokers, &records, u64::MAX, None, Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false))).unwrap()
+        produce_paced(brokers, &co2cast_pipeline::TopicNames::default(), &records, u64::MAX, None, Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false))).unwrap()
     };
     // Uninterrupted.
     let a = co2cast_pipeline::embedded::start_cluster().unwrap();

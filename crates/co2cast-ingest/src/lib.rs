@@ -14,5 +14,5 @@ pub mod watermark;
 pub use caps::PlausibilityCaps;
 pub use message::{Granularity, RawProxyMessage, Topic};
 pub use state::{ProxyState, Upsert};
-pub use validate::{Correction, Reject, RejectCode, ValidProxy, ValidationRules, validate};
+pub use validate::{Correction, Reject, RejectCode, ValidProxy, ValidationRules, validate, validate_family};
 pub use watermark::Watermarks;

@@ -253,7 +253,8 @@ fn check_alignment(start: DateTime<Utc>, g: Granularity) -> Result<(), Reject> {
     }
 }
 
-/// Decodes and validates one message. `key` is the Kafka key, if any.
+/// Decodes and validates one message from a topic with the default name. `key` is the Kafka
+/// key, if any.
 pub fn validate(
     topic_name: &str,
     key: Option<&[u8]>,
@@ -264,6 +265,18 @@ pub fn validate(
 ) -> Result<ValidProxy, Reject> {
     let topic = Topic::from_name(topic_name)
         .ok_or_else(|| Reject { code: RejectCode::UnknownTopic, reason: format!("`{topic_name}` is not a proxy topic") })?;
+    validate_family(topic, key, payload, now, caps, rules)
+}
+
+/// Decodes and validates one message of a signal family (whatever its topic is called).
+pub fn validate_family(
+    topic: Topic,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    now: DateTime<Utc>,
+    caps: &PlausibilityCaps,
+    rules: &ValidationRules,
+) -> Result<ValidProxy, Reject> {
     let m: RawProxyMessage = serde_json::from_slice(payload)
         .map_err(|e| Reject { code: RejectCode::MalformedJson, reason: e.to_string() })?;
     let (signal, ytd) = signal_of(topic, &m)?;

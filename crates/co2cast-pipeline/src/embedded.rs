@@ -2,8 +2,7 @@
 //! sample replayed into it at accelerated speed, paced by consumer progress, and the
 //! processor running on top.
 
-use crate::processor::{DLQ_TOPIC, ESTIMATES_TOPIC};
-use co2cast_ingest::Topic;
+use crate::topics::TopicNames;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
@@ -13,11 +12,58 @@ pub const PARTITIONS: i32 = 4;
 /// Starts a mock cluster with the proxy, DLQ and estimate topics created. It lives as long
 /// as the returned value (which must stay on the thread that created it).
 pub fn start_cluster() -> Result<MockCluster<'static, DefaultProducerContext>, rdkafka::error::KafkaError> {
+    start_cluster_with(&TopicNames::default())
+}
+
+pub fn start_cluster_with(topics: &TopicNames) -> Result<MockCluster<'static, DefaultProducerContext>, rdkafka::error::KafkaError> {
     let cluster = MockCluster::new(1)?;
-    for t in Topic::ALL {
-        cluster.create_topic(t.name(), PARTITIONS, 1)?;
+    for t in topics.proxies() {
+        cluster.create_topic(t, PARTITIONS, 1)?;
     }
-    cluster.create_topic(DLQ_TOPIC, 1, 1)?;
-    cluster.create_topic(ESTIMATES_TOPIC, PARTITIONS, 1)?;
+    cluster.create_topic(&topics.dead_letter, 1, 1)?;
+    cluster.create_topic(&topics.estimates_daily, PARTITIONS, 1)?;
     Ok(cluster)
+}
+
+/// Creates the pipeline's topics on any Kafka broker (proxy topics and estimates with
+/// `partitions` partitions, the DLQ with one). Topics that already exist are left as they are.
+pub fn create_topics(brokers: &str, topics: &TopicNames, partitions: i32) -> Result<(), String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create().map_err(|e| format!("admin client: {e}"))?;
+    let mut wanted: Vec<NewTopic<'_>> =
+        topics.proxies().into_iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
+    wanted.push(NewTopic::new(&topics.dead_letter, 1, TopicReplication::Fixed(1)));
+    wanted.push(NewTopic::new(&topics.estimates_daily, partitions, TopicReplication::Fixed(1)));
+    let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(30)));
+    let results = block_on(admin.create_topics(&wanted, &opts)).map_err(|e| format!("create topics: {e}"))?;
+    for r in results {
+        match r {
+            Ok(_) => {}
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => return Err(format!("create topic {t}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// Runs a future to completion on this thread (rdkafka's admin futures are driven by its own
+/// background thread; no async runtime is needed).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park_timeout(std::time::Duration::from_millis(50));
+    }
 }

@@ -14,5 +14,7 @@ pub mod processor;
 pub mod replay;
 pub mod simulate;
 pub mod source;
+pub mod topics;
 
-pub use processor::{DLQ_TOPIC, ESTIMATES_TOPIC, Processor, ProcessorConfig, RunSummary};
+pub use processor::{Processor, ProcessorConfig, RunSummary};
+pub use topics::{DLQ_TOPIC, ESTIMATES_TOPIC, TopicNames};

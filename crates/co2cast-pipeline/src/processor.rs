@@ -7,12 +7,13 @@ use crate::estimates::{EstimateRow, batch_to_json_lines, to_batch};
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use co2cast_data::Dataset;
 use co2cast_ingest::watermark::Arrival;
-use co2cast_ingest::{PlausibilityCaps, Topic, ValidationRules, Watermarks, validate};
+use co2cast_ingest::{PlausibilityCaps, ValidationRules, Watermarks, validate_family};
 use co2cast_model::calendar::{DayFactorTable, HolidayCalendar, shanghai_day};
 use co2cast_model::calibration::{Calibration, ModelConfig, calibrate};
 use co2cast_model::estimate::{Band, EnsembleSettings, Estimator, SourceType};
 use co2cast_model::proxy::ProxyPanel;
 use co2cast_model::series::YearMonth;
+use crate::topics::TopicNames;
 use crate::source::{GroupContext, MessageBatch, Positions, spawn_poll_thread};
 use co2cast_model::domain::{Province, Sector};
 use co2cast_model::proxy::Scope;
@@ -27,8 +28,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-pub const DLQ_TOPIC: &str = "co2cast.dlq";
-pub const ESTIMATES_TOPIC: &str = "co2cast.estimates.daily";
 
 /// Settings of the processor. Durations and units are in the field names.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -57,6 +56,7 @@ pub struct ProcessorConfig {
     pub now_override: Option<String>,
     /// Estimate only these provinces (ISO codes); all when unset.
     pub provinces: Option<Vec<String>>,
+    pub topics: TopicNames,
 }
 
 impl Default for ProcessorConfig {
@@ -79,6 +79,7 @@ impl Default for ProcessorConfig {
             ensemble_seed: 20_190_101,
             now_override: None,
             provinces: None,
+            topics: TopicNames::default(),
         }
     }
 }
@@ -183,6 +184,7 @@ struct YearCache {
 
 impl Processor {
     pub fn new(cfg: ProcessorConfig, history: Dataset) -> Result<Processor, PipelineError> {
+        cfg.topics.check().map_err(PipelineError::Config)?;
         let watermarks = Watermarks::new(Duration::seconds(cfg.allowed_lateness_s), Duration::seconds(cfg.signal_idle_timeout_s));
         let ckpt = Checkpoint::load(&cfg.checkpoint_dir)?.unwrap_or_else(|| Checkpoint::empty(watermarks));
         let positions = Positions::from_offsets(&ckpt.offsets);
@@ -236,10 +238,10 @@ impl Processor {
     /// source of truth, and offsets committed to the group serve lag monitoring.
     fn subscribe(&self) -> Result<(), PipelineError> {
         let mut total = 0;
-        for t in Topic::ALL {
+        for name in self.cfg.topics.proxies() {
             let md = self
                 .consumer
-                .fetch_metadata(Some(t.name()), std::time::Duration::from_secs(10))
+                .fetch_metadata(Some(name), std::time::Duration::from_secs(10))
                 .map_err(kafka("fetch metadata"))?;
             total += md.topics().iter().filter(|x| x.error().is_none()).map(|x| x.partitions().len()).sum::<usize>();
         }
@@ -247,8 +249,7 @@ impl Processor {
             return Err(PipelineError::Config("no partitions found for the proxy topics".into()));
         }
         self.consumer.context().total_partitions.store(total, Ordering::Release);
-        let names: Vec<&str> = Topic::ALL.iter().map(|t| t.name()).collect();
-        self.consumer.subscribe(&names).map_err(kafka("subscribe"))?;
+        self.consumer.subscribe(&self.cfg.topics.proxies()).map_err(kafka("subscribe"))?;
         Ok(())
     }
 
@@ -346,7 +347,11 @@ impl Processor {
                     return Err(PipelineError::Config("the Kafka poll thread ended unexpectedly".into()));
                 }
             }
-            let quiet = last_message.elapsed();
+            // Quiet since the last message, or since partitions were (re)assigned.
+            let quiet = match self.consumer.context().assigned_at() {
+                Some(t) if t > last_message => t.elapsed(),
+                _ => last_message.elapsed(),
+            };
             // A flush costs a re-estimation; under a backlog, space flushes so that they take
             // at most a fifth of the time.
             let max_delay = ms(self.cfg.max_flush_delay_ms).max(self.last_flush_cost * 4);
@@ -367,7 +372,9 @@ impl Processor {
         Ok(())
     }
 
-    /// Every assigned partition has been read to its high watermark.
+    /// Every assigned partition has been read to its high watermark. (Some brokers report a
+    /// stale high watermark, e.g. tansu 0.6 after batched produce; callers therefore also
+    /// require input to have been quiet.)
     fn caught_up(&self) -> Result<bool, PipelineError> {
         let assignment = self.consumer.assignment().map_err(kafka("assignment"))?;
         if assignment.count() == 0 {
@@ -454,7 +461,13 @@ impl Processor {
         self.since_flush += 1;
         let result = match payload {
             None => Err(co2cast_ingest::Reject { code: co2cast_ingest::RejectCode::MalformedJson, reason: "empty payload".into() }),
-            Some(p) => validate(topic, key, p, now, &self.caps, &self.rules),
+            Some(p) => match self.cfg.topics.family(topic) {
+                Some(family) => validate_family(family, key, p, now, &self.caps, &self.rules),
+                None => Err(co2cast_ingest::Reject {
+                    code: co2cast_ingest::RejectCode::UnknownTopic,
+                    reason: format!("`{topic}` is not a proxy topic of this pipeline"),
+                }),
+            },
         };
         match result {
             Ok(v) => {
@@ -488,7 +501,7 @@ impl Processor {
                     .insert(Header { key: "source_offset", value: Some(&offset.to_string()) })
                     .insert(Header { key: "error_code", value: Some(r.code.as_str()) })
                     .insert(Header { key: "error_reason", value: Some(&r.reason) });
-                let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(DLQ_TOPIC).payload(payload.unwrap_or(&[])).headers(headers);
+                let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.cfg.topics.dead_letter).payload(payload.unwrap_or(&[])).headers(headers);
                 if let Some(k) = key {
                     rec = rec.key(k);
                 }
@@ -661,7 +674,7 @@ impl Processor {
         let keys: Vec<String> = changed.iter().map(|r| r.key()).collect();
         let batch = to_batch(&changed);
         for (k, json) in keys.iter().zip(batch_to_json_lines(&batch)) {
-            let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(ESTIMATES_TOPIC).key(k.as_bytes()).payload(&json);
+            let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.cfg.topics.estimates_daily).key(k.as_bytes()).payload(&json);
             self.send(rec)?;
         }
         Ok(())

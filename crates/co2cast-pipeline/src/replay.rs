@@ -103,6 +103,7 @@ pub fn records_from_dataset(data: &Dataset, years: std::ops::RangeInclusive<i32>
 /// count), because the embedded broker keeps only a bounded log per partition.
 pub fn produce_paced(
     brokers: &str,
+    topics: &crate::TopicNames,
     records: &[ProxyRecord],
     max_in_flight: u64,
     consumed: Option<Arc<AtomicU64>>,
@@ -126,7 +127,7 @@ pub fn produce_paced(
                 producer.poll(std::time::Duration::from_millis(10));
             }
         }
-        let mut rec = BaseRecord::to(r.topic.name()).key(r.key.as_bytes()).payload(r.payload.as_bytes());
+        let mut rec = BaseRecord::to(topics.proxy(r.topic)).key(r.key.as_bytes()).payload(r.payload.as_bytes());
         loop {
             match producer.send(rec) {
                 Ok(()) => break,

@@ -73,6 +73,8 @@ pub struct GroupContext {
     /// Partitions of all proxy topics (known at start).
     pub total_partitions: AtomicUsize,
     pub rebalances: AtomicUsize,
+    /// When partitions were last assigned: input cannot be called quiet before they had time to deliver.
+    assigned_at: Mutex<Option<Instant>>,
 }
 
 impl GroupContext {
@@ -82,7 +84,12 @@ impl GroupContext {
             assigned: AtomicUsize::new(0),
             total_partitions: AtomicUsize::new(0),
             rebalances: AtomicUsize::new(0),
+            assigned_at: Mutex::new(None),
         }
+    }
+
+    pub fn assigned_at(&self) -> Option<Instant> {
+        *self.assigned_at.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// This member holds every partition of the proxy topics.
@@ -105,7 +112,10 @@ impl ConsumerContext for GroupContext {
                     let _ = tpl.set_partition_offset(t, *p, offset);
                 }
                 match consumer.assign(tpl) {
-                    Ok(()) => self.assigned.store(elems.len(), Ordering::Release),
+                    Ok(()) => {
+                        self.assigned.store(elems.len(), Ordering::Release);
+                        *self.assigned_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                    }
                     Err(e) => tracing::error!(message = "Partition assignment failed.", error = %e),
                 }
                 tracing::info!(message = "Partitions assigned.", partitions = elems.len());

@@ -1,0 +1,109 @@
+//! Topic names of a pipeline: the five proxy families in, the dead-letter queue and the
+//! estimates out. Defaults are the names in `proxies/README.md`; `pipelines/processor.toml`
+//! can rename them (e.g. per environment), and tests use suffixed names on a shared broker.
+
+use co2cast_ingest::Topic;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicNames {
+    pub power_generation: String,
+    pub industry_output: String,
+    pub mobility_index: String,
+    pub aviation_activity: String,
+    pub weather_temperature: String,
+    pub dead_letter: String,
+    pub estimates_daily: String,
+}
+
+pub const DLQ_TOPIC: &str = "co2cast.dlq";
+pub const ESTIMATES_TOPIC: &str = "co2cast.estimates.daily";
+
+impl Default for TopicNames {
+    fn default() -> Self {
+        TopicNames {
+            power_generation: Topic::PowerGeneration.name().into(),
+            industry_output: Topic::IndustryOutput.name().into(),
+            mobility_index: Topic::MobilityIndex.name().into(),
+            aviation_activity: Topic::AviationActivity.name().into(),
+            weather_temperature: Topic::WeatherTemperature.name().into(),
+            dead_letter: DLQ_TOPIC.into(),
+            estimates_daily: ESTIMATES_TOPIC.into(),
+        }
+    }
+}
+
+impl TopicNames {
+    /// Every name with `suffix` appended (isolated topics on a shared broker).
+    pub fn with_suffix(suffix: &str) -> TopicNames {
+        let d = TopicNames::default();
+        TopicNames {
+            power_generation: d.power_generation + suffix,
+            industry_output: d.industry_output + suffix,
+            mobility_index: d.mobility_index + suffix,
+            aviation_activity: d.aviation_activity + suffix,
+            weather_temperature: d.weather_temperature + suffix,
+            dead_letter: d.dead_letter + suffix,
+            estimates_daily: d.estimates_daily + suffix,
+        }
+    }
+
+    pub fn proxy(&self, t: Topic) -> &str {
+        match t {
+            Topic::PowerGeneration => &self.power_generation,
+            Topic::IndustryOutput => &self.industry_output,
+            Topic::MobilityIndex => &self.mobility_index,
+            Topic::AviationActivity => &self.aviation_activity,
+            Topic::WeatherTemperature => &self.weather_temperature,
+        }
+    }
+
+    /// The family a consumed topic carries.
+    pub fn family(&self, name: &str) -> Option<Topic> {
+        Topic::ALL.into_iter().find(|t| self.proxy(*t) == name)
+    }
+
+    pub fn proxies(&self) -> Vec<&str> {
+        Topic::ALL.iter().map(|t| self.proxy(*t)).collect()
+    }
+
+    /// Names must be distinct and valid Kafka topic names.
+    pub fn check(&self) -> Result<(), String> {
+        let all = [self.proxies(), vec![self.dead_letter.as_str(), self.estimates_daily.as_str()]].concat();
+        for n in &all {
+            let ok = !n.is_empty() && n.len() <= 249 && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !ok {
+                return Err(format!("`{n}` is not a valid Kafka topic name"));
+            }
+        }
+        let mut sorted = all.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != all.len() {
+            return Err("topic names must be distinct".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_contract_and_map_back() {
+        let t = TopicNames::default();
+        t.check().unwrap();
+        for f in Topic::ALL {
+            assert_eq!(t.family(t.proxy(f)), Some(f));
+        }
+        let s = TopicNames::with_suffix(".test-1");
+        s.check().unwrap();
+        assert_eq!(s.family("proxy.power.generation.test-1"), Some(Topic::PowerGeneration));
+        assert_eq!(s.family("proxy.power.generation"), None);
+        let bad = TopicNames { dead_letter: t.estimates_daily.clone(), ..TopicNames::default() };
+        assert!(bad.check().is_err());
+        assert!(TopicNames { dead_letter: "a b".into(), ..TopicNames::default() }.check().is_err());
+    }
+}
