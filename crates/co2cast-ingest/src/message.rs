@@ -33,7 +33,13 @@ impl Topic {
 
     /// The `<signal>` part of message keys.
     pub fn key_prefix(self) -> &'static str {
-        self.name().trim_start_matches("proxy.")
+        match self {
+            Topic::PowerGeneration => "power.generation",
+            Topic::IndustryOutput => "industry.output",
+            Topic::MobilityIndex => "mobility.index",
+            Topic::AviationActivity => "aviation.activity",
+            Topic::WeatherTemperature => "weather.temperature",
+        }
     }
 }
 

@@ -46,23 +46,59 @@ impl Upsert {
     }
 }
 
+/// Multiply-rotate hashing (as in rustc's FxHasher) for the small fixed-size state keys: no
+/// untrusted keys reach it unvalidated, and SipHash was a visible share of ingest time.
+#[derive(Default, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(*b as u64);
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(i as u64);
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.write_u64(i as u64);
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(i as u64);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    fn write_i64(&mut self, i: i64) {
+        self.write_u64(i as u64);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type StateMap = HashMap<StateKey, StateEntry, std::hash::BuildHasherDefault<KeyHasher>>;
+
 /// A hash map on the hot path; serialised sorted, so checkpoints are deterministic.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProxyState {
     #[serde(with = "entries")]
-    entries: HashMap<StateKey, StateEntry>,
+    entries: StateMap,
 }
 
 mod entries {
     use super::*;
     use serde::{Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(m: &HashMap<StateKey, StateEntry>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(m: &StateMap, s: S) -> Result<S::Ok, S::Error> {
         let mut v: Vec<_> = m.iter().collect();
         v.sort_by(|a, b| a.0.cmp(b.0));
         v.serialize(s)
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<HashMap<StateKey, StateEntry>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<StateMap, D::Error> {
         Ok(Vec::<(StateKey, StateEntry)>::deserialize(d)?.into_iter().collect())
     }
 }

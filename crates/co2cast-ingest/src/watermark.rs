@@ -50,7 +50,11 @@ impl Watermarks {
     /// arriving at `now`.
     pub fn observe(&mut self, stream: &str, event_end: DateTime<Utc>, now: DateTime<Utc>) -> Arrival {
         let wm = self.watermark(stream);
-        let e = self.signals.entry(stream.to_string()).or_insert(SignalWatermark { max_event_end: event_end, last_arrival: now });
+        // Look up before inserting: no key allocation on the hot path.
+        let e = match self.signals.get_mut(stream) {
+            Some(e) => e,
+            None => self.signals.entry(stream.to_string()).or_insert(SignalWatermark { max_event_end: event_end, last_arrival: now }),
+        };
         e.max_event_end = e.max_event_end.max(event_end);
         e.last_arrival = e.last_arrival.max(now);
         match wm {

@@ -126,6 +126,9 @@ pub struct Processor {
     rules: ValidationRules,
     calibrations: BTreeMap<(i32, u32), Calibration>,
     dirty: BTreeMap<i32, Dirty>,
+    last_dirty: Option<(i32, Scope)>,
+    /// Watermark stream names by signal and granularity (no allocation per message).
+    stream_keys: Vec<Option<Box<str>>>,
     cache: BTreeMap<i32, YearCache>,
     since_flush: u64,
     oldest_unflushed: Option<Instant>,
@@ -220,6 +223,8 @@ impl Processor {
             rules,
             calibrations: BTreeMap::new(),
             dirty: BTreeMap::new(),
+            last_dirty: None,
+            stream_keys: Vec::new(),
             cache: BTreeMap::new(),
             since_flush: 0,
             oldest_unflushed: None,
@@ -478,16 +483,24 @@ impl Processor {
                     co2cast_ingest::Upsert::Duplicate | co2cast_ingest::Upsert::Stale => c.accepted_unchanged += 1,
                     co2cast_ingest::Upsert::Inserted => {}
                 }
-                if let Arrival::Late { .. } =
-                    self.ckpt.watermarks.observe(&co2cast_ingest::watermark::stream_key(v.signal, v.granularity), v.period_end(), now)
-                {
+                let slot = v.signal as usize * 3 + v.granularity as usize;
+                if self.stream_keys.len() <= slot {
+                    self.stream_keys.resize(slot + 1, None);
+                }
+                let stream = self.stream_keys[slot]
+                    .get_or_insert_with(|| co2cast_ingest::watermark::stream_key(v.signal, v.granularity).into_boxed_str());
+                if let Arrival::Late { .. } = self.ckpt.watermarks.observe(stream, v.period_end(), now) {
                     c.late += 1;
                 }
                 if up.changed() {
                     let y = shanghai_day(&v.period_start).year();
-                    // A base-year value changes the ratios of the following year too.
-                    for year in [y, y + 1] {
-                        self.dirty.entry(year).or_insert_with(|| Dirty::Provinces(BTreeSet::new())).add(v.scope);
+                    // Consecutive messages mostly mark the same year and scope.
+                    if self.last_dirty != Some((y, v.scope)) {
+                        // A base-year value changes the ratios of the following year too.
+                        for year in [y, y + 1] {
+                            self.dirty.entry(year).or_insert_with(|| Dirty::Provinces(BTreeSet::new())).add(v.scope);
+                        }
+                        self.last_dirty = Some((y, v.scope));
                     }
                 }
                 Ok(())
@@ -531,6 +544,7 @@ impl Processor {
         let started = Instant::now();
         if self.consumer.context().owns_all() {
             let dirty = std::mem::take(&mut self.dirty);
+            self.last_dirty = None;
             if !dirty.is_empty() {
                 let live = self.ckpt.state.to_panel();
                 for (year, d) in dirty {
