@@ -5,6 +5,7 @@ mod config;
 mod estimate;
 mod produce;
 mod run;
+mod sql;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -29,6 +30,12 @@ enum Command {
     Backtest(backtest::Args),
     /// Daily estimates for one year (CSV on stdout), with bands from the joint ensemble.
     Estimate(estimate::Args),
+    /// Run one read-only SQL query over the lake and print the result.
+    Query(sql::QueryArgs),
+    /// Serve SQL over the PostgreSQL wire protocol on an existing lake, without consuming.
+    Serve(sql::ServeArgs),
+    /// Export daily estimates for a period to Parquet or CSV.
+    Export(sql::ExportArgs),
     /// Print the default model settings as JSON (edit and pass with --model-config).
     ModelConfig,
     /// Rebuild the bundled extract in data/ from the raw public sources.
@@ -53,6 +60,9 @@ fn main() -> ExitCode {
         Command::Replay(args) => produce::replay(args),
         Command::Simulate(args) => produce::simulate(args),
         Command::Backtest(args) => backtest::run(args),
+        Command::Query(args) => sql::query(args),
+        Command::Serve(args) => sql::serve(args),
+        Command::Export(args) => sql::export(args),
         Command::Estimate(args) => estimate::run(args),
         Command::Extract { shared, out } => extract(&shared, &out),
         Command::ModelConfig => serde_json::to_string_pretty(&co2cast_model::calibration::ModelConfig::default())

@@ -40,6 +40,15 @@ pub struct Args {
     /// Re-estimate, publish and checkpoint after this many messages.
     #[arg(long)]
     checkpoint_every: Option<u64>,
+    /// Parquet lake to write (default: `lake` for the embedded run, none with --brokers
+    /// unless the settings name one).
+    #[arg(long)]
+    lake: Option<PathBuf>,
+    /// Do not serve SQL while running.
+    #[arg(long)]
+    no_sql: bool,
+    #[command(flatten)]
+    sql: crate::sql::SqlFlags,
 }
 
 pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -69,6 +78,27 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         cfg.provinces = Some(p.clone());
     }
+    if let Some(l) = &a.lake {
+        cfg.lake_dir = Some(l.clone());
+    } else if brokers.is_none() && cfg.lake_dir.is_none() {
+        cfg.lake_dir = Some(PathBuf::from("lake"));
+    }
+    // The SQL endpoint, while the job runs (and after, until interrupted).
+    let sql_thread = match (&cfg.lake_dir, a.no_sql) {
+        (Some(lake), false) => {
+            let sc = a.sql.config();
+            std::net::TcpListener::bind((sc.host.as_str(), sc.port))
+                .map_err(|e| format!("SQL endpoint {}:{}: {e} (choose another with --sql-port, or --no-sql)", sc.host, sc.port))?;
+            let (lake, stop) = (lake.clone(), stop.clone());
+            if !a.quiet {
+                eprintln!("co2cast: SQL (PostgreSQL wire) on {}:{} over {}", sc.host, sc.port, lake.display());
+            }
+            Some(std::thread::spawn(move || -> Result<(), String> {
+                crate::sql::runtime().map_err(|e| e.to_string())?.block_on(crate::sql::serve_lake(lake, sc, stop))
+            }))
+        }
+        _ => None,
+    };
     let summary = match &brokers {
         Some(b) => {
             cfg.brokers = b.clone();
@@ -81,6 +111,10 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         None => embedded(a.state_dir.clone(), cfg, history, stop, a.exit_when_idle, a.quiet)?,
     };
     report(&summary, a.json)?;
+    if let Some(t) = sql_thread {
+        stop.store(true, Ordering::Relaxed);
+        t.join().map_err(|_| "SQL thread panicked")??;
+    }
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 //!
 //! | column | type | meaning |
 //! |---|---|---|
-//! | date | Utf8 (YYYY-MM-DD) | Asia/Shanghai day |
+//! | date | Date32 (JSON: YYYY-MM-DD) | Asia/Shanghai day |
 //! | province | Utf8 | ISO 3166-2:CN code, or `CN` |
 //! | sector | Utf8 | power, industry, ground_transport, residential, aviation, other, or `all` |
 //! | value_mtco2 | Float64 | central estimate, MtCO2/day |
@@ -17,10 +17,11 @@
 //! | base_year | Int32 | inventory year the estimate is calibrated on |
 //! | model_version | Utf8 | estimator version |
 //! | revision | UInt32 | 0 for the first publication, +1 for each change |
+//! | computed_at | Timestamp(µs, UTC) | when this vintage was computed |
 
-use arrow::array::{ArrayRef, Float64Builder, Int32Builder, RecordBatch, StringBuilder, UInt32Builder};
-use arrow::datatypes::{DataType, Field, Schema};
-use chrono::NaiveDate;
+use arrow::array::{ArrayRef, Date32Builder, Float64Builder, Int32Builder, RecordBatch, StringBuilder, TimestampMicrosecondArray, UInt32Builder};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use chrono::{DateTime, NaiveDate, Utc};
 use co2cast_model::estimate::{Band, DailyEstimate, MODEL_VERSION, SourceType};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -111,7 +112,7 @@ impl EstimateRow {
 pub fn schema() -> Arc<Schema> {
     let f = |n: &str, t: DataType| Field::new(n, t, false);
     Arc::new(Schema::new(vec![
-        f("date", DataType::Utf8),
+        f("date", DataType::Date32),
         f("province", DataType::Utf8),
         f("sector", DataType::Utf8),
         f("value_mtco2", DataType::Float64),
@@ -126,11 +127,13 @@ pub fn schema() -> Arc<Schema> {
         f("base_year", DataType::Int32),
         f("model_version", DataType::Utf8),
         f("revision", DataType::UInt32),
+        f("computed_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))),
     ]))
 }
 
-pub fn to_batch(rows: &[EstimateRow]) -> RecordBatch {
-    let mut date = StringBuilder::new();
+/// Rows of one publication, all computed at `computed_at` (their vintage).
+pub fn to_batch(rows: &[EstimateRow], computed_at: DateTime<Utc>) -> RecordBatch {
+    let mut date = Date32Builder::with_capacity(rows.len());
     let mut province = StringBuilder::new();
     let mut sector = StringBuilder::new();
     let mut floats: Vec<Float64Builder> = (0..6).map(|_| Float64Builder::with_capacity(rows.len())).collect();
@@ -141,7 +144,7 @@ pub fn to_batch(rows: &[EstimateRow]) -> RecordBatch {
     let mut version = StringBuilder::new();
     let mut revision = UInt32Builder::new();
     for r in rows {
-        date.append_value(r.date.to_string());
+        date.append_value(date32(r.date));
         province.append_value(&r.province);
         sector.append_value(&r.sector);
         for (b, v) in floats.iter_mut().zip([r.value_mtco2, r.p2_5, r.p5, r.p50, r.p95, r.p97_5]) {
@@ -164,7 +167,13 @@ pub fn to_batch(rows: &[EstimateRow]) -> RecordBatch {
     cols.push(Arc::new(base.finish()));
     cols.push(Arc::new(version.finish()));
     cols.push(Arc::new(revision.finish()));
+    cols.push(Arc::new(TimestampMicrosecondArray::from(vec![computed_at.timestamp_micros(); rows.len()]).with_timezone("UTC")));
     RecordBatch::try_new(schema(), cols).expect("columns match the schema")
+}
+
+/// Days since 1970-01-01 (Arrow Date32).
+pub fn date32(d: NaiveDate) -> i32 {
+    (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid")).num_days() as i32
 }
 
 /// One JSON object per row of the batch, in row order.

@@ -10,6 +10,7 @@
 pub mod checkpoint;
 pub mod embedded;
 pub mod estimates;
+pub mod lake;
 pub mod processor;
 pub mod replay;
 pub mod simulate;

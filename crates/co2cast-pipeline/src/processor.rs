@@ -57,6 +57,10 @@ pub struct ProcessorConfig {
     /// Estimate only these provinces (ISO codes); all when unset.
     pub provinces: Option<Vec<String>>,
     pub topics: TopicNames,
+    /// Parquet lake to write (estimates with vintages, ensemble, comparison, inputs); none when unset.
+    pub lake_dir: Option<PathBuf>,
+    /// Members per row kept in `estimate_ensemble` (all when unset).
+    pub lake_ensemble_members: Option<usize>,
 }
 
 impl Default for ProcessorConfig {
@@ -80,6 +84,8 @@ impl Default for ProcessorConfig {
             now_override: None,
             provinces: None,
             topics: TopicNames::default(),
+            lake_dir: None,
+            lake_ensemble_members: None,
         }
     }
 }
@@ -94,6 +100,8 @@ pub enum PipelineError {
     Calibration(String),
     #[error("configuration: {0}")]
     Config(String),
+    #[error("lake: {0}")]
+    Lake(String),
 }
 
 fn kafka(context: &str) -> impl Fn(rdkafka::error::KafkaError) -> PipelineError + '_ {
@@ -136,6 +144,9 @@ pub struct Processor {
     national: BTreeMap<i32, NationalYear>,
     /// Messages were taken from Kafka but not handled: positions must go back to the checkpoint.
     resync: bool,
+    lake: Option<crate::lake::LakeSink>,
+    /// Wall-clock start of the current flush: the vintage of what it publishes.
+    flush_started_at: DateTime<Utc>,
     received_counter: Option<Arc<std::sync::atomic::AtomicU64>>,
     input_complete: Option<Arc<AtomicBool>>,
 }
@@ -176,6 +187,8 @@ struct ProvinceYear {
     /// Σ coverage·value and source type per day, for the national rows.
     coverage_weighted: Vec<f64>,
     source: Vec<SourceType>,
+    /// Per sector: central and member sums over the days estimated (for the comparison).
+    sector_totals: Vec<(Sector, f64, Vec<f64>)>,
 }
 
 struct YearCache {
@@ -212,7 +225,16 @@ impl Processor {
             .map_err(kafka("create producer"))?;
         let caps = PlausibilityCaps::from_history(&history.proxies);
         let rules = ValidationRules { future_tolerance: Duration::seconds(cfg.future_tolerance_s), ..ValidationRules::default() };
+        let lake = match &cfg.lake_dir {
+            Some(dir) => {
+                let mut l = crate::lake::LakeSink::open(dir, ckpt.sequence, cfg.lake_ensemble_members)?;
+                l.write_inventory(&history.inventory, ckpt.sequence)?;
+                Some(l)
+            }
+            None => None,
+        };
         let p = Processor {
+            lake,
             cfg,
             consumer: Arc::new(consumer),
             positions,
@@ -231,6 +253,7 @@ impl Processor {
             last_flush_cost: std::time::Duration::ZERO,
             national: BTreeMap::new(),
             resync: false,
+            flush_started_at: Utc::now(),
             received_counter: None,
             input_complete: None,
         };
@@ -477,6 +500,15 @@ impl Processor {
         match result {
             Ok(v) => {
                 c.accepted += 1;
+                if let Some(l) = &mut self.lake {
+                    l.accepted.push(crate::lake::AcceptedProxy {
+                        proxy: v.clone(),
+                        topic: Arc::from(topic),
+                        partition,
+                        offset,
+                        received_at: Utc::now(),
+                    });
+                }
                 let up = self.ckpt.state.upsert(&v);
                 match up {
                     co2cast_ingest::Upsert::Revised { .. } => c.revisions += 1,
@@ -542,6 +574,7 @@ impl Processor {
     /// but holds estimates back until it owns every partition.
     pub fn flush(&mut self) -> Result<(), PipelineError> {
         let started = Instant::now();
+        self.flush_started_at = Utc::now();
         if self.consumer.context().owns_all() {
             let dirty = std::mem::take(&mut self.dirty);
             self.last_dirty = None;
@@ -555,6 +588,10 @@ impl Processor {
             tracing::debug!(message = "Estimates held back: this member holds only some partitions.", assigned = self.assigned_partitions());
         }
         self.producer.flush(std::time::Duration::from_secs(30)).map_err(kafka("flush"))?;
+        // The lake commit carries the number of the checkpoint written next.
+        if let Some(l) = &mut self.lake {
+            l.commit(self.ckpt.sequence + 1)?;
+        }
         self.ckpt.save(&self.cfg.checkpoint_dir)?;
         // Offsets to Kafka are for lag monitoring only; failures are not fatal.
         let mut tpl = TopicPartitionList::new();
@@ -619,6 +656,7 @@ impl Processor {
             self.cache.get_mut(&year).expect("inserted")
         };
         let mut out = Vec::new();
+        let mut fresh: BTreeMap<Province, Vec<co2cast_model::estimate::RowEnsemble>> = BTreeMap::new();
         for p in Province::ALL {
             if wanted.as_ref().is_some_and(|w| !w.contains(&p)) || (reuse && !dirty.includes(p)) {
                 continue;
@@ -636,6 +674,7 @@ impl Processor {
                 members: vec![vec![0.0; ndays]; settings.members],
                 coverage_weighted: vec![0.0; ndays],
                 source: vec![SourceType::Proxy; ndays],
+                sector_totals: Vec::new(),
             };
             for r in &rows {
                 for (i, d) in r.daily_estimates(last_inv).into_iter().enumerate().take(ndays) {
@@ -649,9 +688,14 @@ impl Processor {
                         *x += y;
                     }
                 }
+                let central: f64 = r.central.iter().take(ndays).sum();
+                py.sector_totals.push((r.sector, central, r.members.iter().map(|m| m.iter().take(ndays).sum()).collect()));
             }
             out.extend(py.rows.iter().cloned());
             cache.provinces.insert(p, py);
+            if self.lake.is_some() {
+                fresh.insert(p, rows);
+            }
         }
         // National rows from the joint ensemble of every province.
         let ndays = cache.days.len();
@@ -679,6 +723,82 @@ impl Processor {
         let annual_members: Vec<f64> = members.iter().map(|m| m.iter().sum()).collect();
         self.national.insert(year, NationalYear { year, days: ndays, band: Band::from_members(central.iter().sum(), &annual_members) });
         let changed = self.ckpt.published.diff(out);
+        if let Some(lake) = &mut self.lake {
+            let commit = self.ckpt.sequence + 1;
+            let at = self.flush_started_at;
+            lake.published(&changed, at, commit);
+            // Members of every province-month that changed (all of them when the year's cache
+            // was rebuilt, e.g. after a restart).
+            let mut months: BTreeSet<(Province, u32)> = BTreeSet::new();
+            for r in &changed {
+                if let Some(p) = Province::from_iso(&r.province) {
+                    months.insert((p, r.date.month()));
+                }
+            }
+            if !reuse {
+                for p in fresh.keys() {
+                    months.extend((1..=through.month()).map(|m| (*p, m)));
+                }
+            }
+            let published = &self.ckpt.published;
+            for (p, m) in months {
+                if let Some(rows) = fresh.get(&p) {
+                    lake.ensemble(rows, year, m, |k| published.rows.get(k).map(|x| x.0).unwrap_or(0), last_inv);
+                }
+            }
+            // A complete year with a yearbook value: compare.
+            let cache = &self.cache[&year];
+            if through.month() == 12 && through.day() == 31 && !changed.is_empty() {
+                let inv = &self.history.inventory;
+                let mut lines = Vec::new();
+                let mut nat_inv = 0.0;
+                for (p, py) in &cache.provinces {
+                    let mut prov_central = 0.0;
+                    let mut prov_members = vec![0.0; settings.members];
+                    let mut prov_inv = 0.0;
+                    for (s, central, members) in &py.sector_totals {
+                        prov_central += central;
+                        for (a, b) in prov_members.iter_mut().zip(members) {
+                            *a += b;
+                        }
+                        if let Some(v) = inv.sector(*p, *s, year) {
+                            prov_inv += v;
+                            lines.push(crate::lake::ComparisonLine {
+                                province: p.iso_code().into(),
+                                sector: s.as_str().into(),
+                                year,
+                                band: Band::from_members(*central, members),
+                                inventory_mtco2: v,
+                                base_year: last_inv,
+                            });
+                        }
+                    }
+                    if prov_inv > 0.0 {
+                        nat_inv += prov_inv;
+                        lines.push(crate::lake::ComparisonLine {
+                            province: p.iso_code().into(),
+                            sector: "all".into(),
+                            year,
+                            band: Band::from_members(prov_central, &prov_members),
+                            inventory_mtco2: prov_inv,
+                            base_year: last_inv,
+                        });
+                    }
+                }
+                if nat_inv > 0.0 {
+                    let band = self.national[&year].band;
+                    lines.push(crate::lake::ComparisonLine {
+                        province: "CN".into(),
+                        sector: "all".into(),
+                        year,
+                        band,
+                        inventory_mtco2: nat_inv,
+                        base_year: last_inv,
+                    });
+                }
+                lake.comparison(year, &lines, at);
+            }
+        }
         if changed.is_empty() {
             return Ok(());
         }
@@ -686,7 +806,7 @@ impl Processor {
         c.estimates_published += changed.len() as u64;
         c.estimate_revisions_published += changed.iter().filter(|r| r.revision > 0).count() as u64;
         let keys: Vec<String> = changed.iter().map(|r| r.key()).collect();
-        let batch = to_batch(&changed);
+        let batch = to_batch(&changed, self.flush_started_at);
         for (k, json) in keys.iter().zip(batch_to_json_lines(&batch)) {
             let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.cfg.topics.estimates_daily).key(k.as_bytes()).payload(&json);
             self.send(rec)?;

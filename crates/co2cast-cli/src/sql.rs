@@ -1,0 +1,226 @@
+//! `co2cast query`, `co2cast serve` and `co2cast export`: SQL over the Parquet lake.
+
+use chrono::NaiveDate;
+use co2cast_sql::server::SqlServerConfig;
+use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::prelude::SessionContext;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(clap::Args)]
+pub struct QueryArgs {
+    /// One SQL query (read-only).
+    sql: String,
+    /// The lake written by `co2cast run`.
+    #[arg(long, default_value = "lake")]
+    lake: PathBuf,
+    /// Output: an aligned table, CSV or JSON lines.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    format: OutputFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq)]
+pub enum OutputFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    #[arg(long, default_value = "lake")]
+    lake: PathBuf,
+    #[command(flatten)]
+    sql: SqlFlags,
+}
+
+/// Flags of the SQL endpoint (shared by `serve` and `run`).
+#[derive(clap::Args, Clone)]
+pub struct SqlFlags {
+    /// PostgreSQL-wire port of the SQL endpoint.
+    #[arg(long, default_value_t = 5433)]
+    pub sql_port: u16,
+    /// Address the SQL endpoint listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub sql_host: String,
+    /// Queries running longer are cancelled.
+    #[arg(long, default_value_t = 30_000)]
+    pub query_timeout_ms: u64,
+    /// Memory all running queries may use.
+    #[arg(long, default_value_t = 2048)]
+    pub query_memory_mb: usize,
+    /// Concurrent connections at most.
+    #[arg(long, default_value_t = 32)]
+    pub max_connections: usize,
+}
+
+impl SqlFlags {
+    pub fn config(&self) -> SqlServerConfig {
+        SqlServerConfig {
+            host: self.sql_host.clone(),
+            port: self.sql_port,
+            max_connections: self.max_connections,
+            query_timeout_ms: self.query_timeout_ms,
+            memory_limit_mb: self.query_memory_mb,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// First day (YYYY-MM-DD, Asia/Shanghai).
+    #[arg(long)]
+    from: NaiveDate,
+    /// Last day, inclusive.
+    #[arg(long)]
+    to: NaiveDate,
+    /// ISO codes (e.g. CN-GD) or `CN` for national rows; all when omitted.
+    #[arg(long, value_delimiter = ',')]
+    provinces: Option<Vec<String>>,
+    /// power, industry, ground_transport, residential, aviation, other, all; all when omitted.
+    #[arg(long, value_delimiter = ',')]
+    sectors: Option<Vec<String>>,
+    #[arg(long, value_enum)]
+    format: ExportFormat,
+    /// Output file.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "lake")]
+    lake: PathBuf,
+    /// Every vintage (from `estimates`) instead of the newest of each row.
+    #[arg(long)]
+    all_vintages: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq)]
+pub enum ExportFormat {
+    Parquet,
+    Csv,
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn std::error::Error>> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("co2cast-sql").build()?)
+}
+
+async fn lake_session(lake: &Path, limits: &co2cast_sql::SqlLimits) -> Result<SessionContext, Box<dyn std::error::Error>> {
+    if !lake.join(co2cast_lake::MANIFEST).exists() {
+        return Err(format!("{} is not a co2cast lake (no {}); `co2cast run` writes one", lake.display(), co2cast_lake::MANIFEST).into());
+    }
+    Ok(co2cast_sql::session(lake, limits).await?)
+}
+
+pub fn query(a: QueryArgs) -> Result<(), Box<dyn std::error::Error>> {
+    runtime()?.block_on(async {
+        let ctx = lake_session(&a.lake, &co2cast_sql::SqlLimits::default()).await?;
+        let batches = co2cast_sql::query(&ctx, &a.sql).await?;
+        let mut out = std::io::stdout().lock();
+        match a.format {
+            OutputFormat::Table => {
+                use std::io::Write;
+                writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(&batches)?)?;
+            }
+            OutputFormat::Csv => {
+                let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+                for b in &batches {
+                    w.write(b)?;
+                }
+            }
+            OutputFormat::Json => {
+                let mut w = arrow::json::LineDelimitedWriter::new(&mut out);
+                for b in &batches {
+                    w.write(b)?;
+                }
+                w.finish()?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Serves SQL over `lake` until `stop` is set; tables appearing later are registered as they come.
+pub async fn serve_lake(lake: PathBuf, cfg: SqlServerConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
+    std::fs::create_dir_all(&lake).map_err(|e| format!("{}: {e}", lake.display()))?;
+    let ctx = co2cast_sql::session(&lake, &cfg.limits()).await.map_err(|e| e.to_string())?;
+    let refresher = {
+        let (ctx, lake, stop) = (ctx.clone(), lake.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(e) = co2cast_sql::register_tables(&ctx, &lake).await {
+                    tracing::warn!(message = "Registering lake tables failed.", error = %e);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let server = co2cast_sql::server::serve(ctx, &cfg);
+    let stopped = async {
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    let r = tokio::select! {
+        r = server => r.map_err(|e| format!("SQL endpoint on {}:{}: {e}", cfg.host, cfg.port)),
+        () = stopped => Ok(()),
+    };
+    refresher.abort();
+    r
+}
+
+pub fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if !a.lake.join(co2cast_lake::MANIFEST).exists() {
+        return Err(format!("{} is not a co2cast lake (no {})", a.lake.display(), co2cast_lake::MANIFEST).into());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed)).map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
+    }
+    let cfg = a.sql.config();
+    eprintln!("co2cast: SQL (PostgreSQL wire) on {}:{} over {}; e.g. psql -h {} -p {} -c 'SELECT * FROM estimates_latest LIMIT 5'", cfg.host, cfg.port, a.lake.display(), cfg.host, cfg.port);
+    runtime()?.block_on(serve_lake(a.lake, cfg, stop))?;
+    Ok(())
+}
+
+fn sql_list(v: &[String]) -> Result<String, String> {
+    let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if let Some(bad) = v.iter().find(|s| !ok(s)) {
+        return Err(format!("`{bad}` is not a province code or sector name"));
+    }
+    Ok(v.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", "))
+}
+
+pub fn export(a: ExportArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if a.to < a.from {
+        return Err("--to is before --from".into());
+    }
+    let table = if a.all_vintages { "estimates" } else { "estimates_latest" };
+    let mut sql = format!("SELECT {} FROM {table} WHERE date BETWEEN DATE '{}' AND DATE '{}'", co2cast_sql::AS_OF_COLUMNS, a.from, a.to);
+    if let Some(p) = &a.provinces {
+        let canon: Vec<String> = p
+            .iter()
+            .map(|x| if x.eq_ignore_ascii_case("CN") { Ok("CN".to_string()) } else { co2cast_model::Province::parse_lenient(x).map(|p| p.iso_code().to_string()).ok_or(format!("--provinces: unknown province `{x}`")) })
+            .collect::<Result<_, _>>()?;
+        sql += &format!(" AND province IN ({})", sql_list(&canon)?);
+    }
+    if let Some(s) = &a.sectors {
+        sql += &format!(" AND sector IN ({})", sql_list(s)?);
+    }
+    sql += " ORDER BY date, province, sector, revision";
+    runtime()?.block_on(async {
+        let ctx = lake_session(&a.lake, &co2cast_sql::SqlLimits::default()).await?;
+        let df = ctx.sql(&sql).await?;
+        let opts = DataFrameWriteOptions::new().with_single_file_output(true);
+        let out = a.out.to_string_lossy().to_string();
+        let written = match a.format {
+            ExportFormat::Parquet => df.write_parquet(&out, opts, None).await?,
+            ExportFormat::Csv => df.write_csv(&out, opts, None).await?,
+        };
+        let rows: u64 = written
+            .iter()
+            .filter_map(|b| b.column(0).as_any().downcast_ref::<arrow::array::UInt64Array>().map(|c| c.value(0)))
+            .sum();
+        eprintln!("co2cast: wrote {rows} rows to {}", a.out.display());
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })
+}

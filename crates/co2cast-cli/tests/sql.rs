@@ -1,0 +1,260 @@
+//! End to end with real third-party clients: the embedded run writes a lake; `psql` queries it
+//! over the PostgreSQL wire (the README's queries, Grafana's introspection, the read-only
+//! refusals); pyarrow and DuckDB read the Parquet files with Hive partitioning; the ensemble
+//! band computed in SQL equals the pipeline's own; an as-of query sees the older vintage.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+const BIN: &str = env!("CARGO_BIN_EXE_co2cast");
+
+struct Lake {
+    dir: PathBuf,
+    summary: Value,
+}
+
+/// One embedded run (three provinces, 60 members) writes the lake all tests read.
+fn lake() -> &'static Lake {
+    static LAKE: OnceLock<Lake> = OnceLock::new();
+    LAKE.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!("co2cast-sql-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("lake");
+        let out = Command::new(BIN)
+            .args(["run", "--exit-when-idle", "--quiet", "--json", "--no-sql", "--members", "60", "--provinces", "CN-HE,CN-BJ,CN-GD"])
+            .arg("--lake")
+            .arg(&dir)
+            .arg("--state-dir")
+            .arg(root.join("state"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "run failed: {}", String::from_utf8_lossy(&out.stderr));
+        let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+        Lake { dir, summary }
+    })
+}
+
+fn query_json(sql: &str) -> Vec<Value> {
+    let out = Command::new(BIN).args(["query", "--format", "json", "--lake"]).arg(&lake().dir).arg(sql).output().unwrap();
+    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// The ```sql blocks of the README's analyst section.
+fn readme_queries() -> Vec<String> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+    let start = readme.find("## Analysts").expect("README has an analyst section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map(|i| i + 3).unwrap_or(section.len())];
+    section.split("```sql\n").skip(1).map(|b| b[..b.find("```").unwrap()].trim().to_string()).collect()
+}
+
+struct Server(std::process::Child, u16);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn psql(port: u16, sql: &str) -> std::process::Output {
+    Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "analyst", "-d", "co2cast", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "5")
+        .output()
+        .expect("psql (Debian postgresql-client) must be installed; see the README")
+}
+
+fn serve() -> Server {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["serve", "--sql-port", &port.to_string(), "--query-timeout-ms", "20000", "--lake"])
+        .arg(&lake().dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server(child, port);
+    let t = std::time::Instant::now();
+    while !psql(port, "SELECT 1").status.success() {
+        assert!(t.elapsed().as_secs() < 60, "the SQL endpoint did not come up");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    server
+}
+
+#[test]
+fn psql_runs_the_readme_queries_and_grafana_introspection_and_is_refused_writes() {
+    let s = serve();
+    let queries = readme_queries();
+    assert!(queries.len() >= 6, "README analyst queries: {}", queries.len());
+    for q in &queries {
+        let out = psql(s.1, q);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{q}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!stdout.trim().is_empty(), "no rows for\n{q}");
+    }
+    // What Grafana's PostgreSQL data source and psql's \dt ask.
+    for q in [
+        "SELECT 1",
+        "SELECT version()",
+        "SELECT current_database()",
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name",
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'estimates_latest' ORDER BY ordinal_position",
+        "\\dt",
+    ] {
+        let out = psql(s.1, q);
+        assert!(out.status.success(), "{q}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let tables = String::from_utf8_lossy(&psql(s.1, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'").stdout).to_string();
+    for t in ["estimates", "estimates_latest", "estimate_ensemble", "proxies", "inventory", "comparison"] {
+        assert!(tables.lines().any(|l| l.trim() == t), "{t} not listed: {tables}");
+    }
+    // Read-only: refused with a clear message, nothing written.
+    let leak = std::env::temp_dir().join(format!("co2cast-leak-{}.csv", std::process::id()));
+    for q in [
+        "CREATE TABLE x(a int)".to_string(),
+        "INSERT INTO inventory VALUES ('CN-XX', 'power', 2019, 1.0, 'x')".to_string(),
+        "DROP TABLE estimates".to_string(),
+        format!("COPY (SELECT 1) TO '{}'", leak.display()),
+        "SELECT * FROM read_csv('/etc/passwd')".to_string(),
+    ] {
+        let out = psql(s.1, &q);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{q} was accepted");
+        assert!(err.contains("read-only"), "{q}: {err}");
+    }
+    assert!(!leak.exists(), "COPY wrote a file");
+    assert!(psql(s.1, "SELECT count(*) FROM estimates").status.success(), "a refusal must not break the session");
+}
+
+#[test]
+fn pyarrow_and_duckdb_read_the_lake_with_hive_partitions_and_agree_with_co2cast() {
+    let dir = &lake().dir;
+    let script = r#"
+import json, sys
+import pyarrow.dataset as ds, duckdb
+root = sys.argv[1]
+out = {}
+for t in ["estimates", "estimates_latest", "estimate_ensemble"]:
+    d = ds.dataset(f"{root}/{t}", format="parquet", partitioning="hive")
+    tab = d.to_table()
+    years = sorted(set(tab.column("year").to_pylist()))
+    con = duckdb.connect()
+    n, s = con.execute(f"SELECT count(*), sum(value_mtco2) FROM read_parquet('{root}/{t}/**/*.parquet', hive_partitioning = true)").fetchone()
+    y = con.execute(f"SELECT count(DISTINCT year) FROM read_parquet('{root}/{t}/**/*.parquet', hive_partitioning = true)").fetchone()[0]
+    out[t] = {"pyarrow_rows": tab.num_rows, "pyarrow_sum": float(sum(v for v in tab.column("value_mtco2").to_pylist())), "pyarrow_years": years, "duckdb_rows": n, "duckdb_sum": s, "duckdb_years": y}
+print(json.dumps(out))
+"#;
+    let out = Command::new("python3").arg("-c").arg(script).arg(dir).output().unwrap();
+    assert!(out.status.success(), "python3 with pyarrow and duckdb (pip install pyarrow duckdb): {}", String::from_utf8_lossy(&out.stderr));
+    let py: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for t in ["estimates", "estimates_latest", "estimate_ensemble"] {
+        let ours = &query_json(&format!("SELECT count(*) AS n, sum(value_mtco2) AS s, count(DISTINCT year) AS y FROM {t}"))[0];
+        let (n, s) = (f(&ours["n"]), f(&ours["s"]));
+        let p = &py[t];
+        assert!(n > 0.0, "{t} is empty");
+        assert_eq!(f(&p["pyarrow_rows"]), n, "{t}: pyarrow rows");
+        assert_eq!(f(&p["duckdb_rows"]), n, "{t}: duckdb rows");
+        for k in ["pyarrow_sum", "duckdb_sum"] {
+            assert!((f(&p[k]) - s).abs() <= 1e-9 * s.abs(), "{t}: {k} {} vs {s}", p[k]);
+        }
+        assert_eq!(f(&p["duckdb_years"]), f(&ours["y"]), "{t}: partitions");
+        assert_eq!(p["pyarrow_years"].as_array().unwrap().len() as f64, f(&ours["y"]), "{t}: partitions");
+    }
+}
+
+#[test]
+fn the_band_of_the_annual_national_sum_from_the_ensemble_in_sql_equals_the_pipelines() {
+    let s = &lake().summary;
+    let national = s["national"].as_array().unwrap().iter().find(|n| n["year"] == 2019).expect("2019 in the summary");
+    let band = &national["band"];
+    let sql = "WITH members AS (SELECT member, SUM(value_mtco2) AS total FROM estimate_ensemble WHERE year = 2019 GROUP BY member) \
+               SELECT ensemble_quantile(total, 0.025) AS p2_5, ensemble_quantile(total, 0.5) AS p50, ensemble_quantile(total, 0.975) AS p97_5, count(*) AS members FROM members";
+    let row = &query_json(sql)[0];
+    assert_eq!(f(&row["members"]), 60.0);
+    for k in ["p2_5", "p50", "p97_5"] {
+        let (a, b) = (f(&row[k]), f(&band[k]));
+        assert!((a - b).abs() <= 1e-9 * b.abs(), "{k}: SQL {a} vs pipeline {b}");
+    }
+    // And the national rows the pipeline published are the member-wise sums of the provinces'.
+    let daily = "WITH m AS (SELECT date, member, SUM(value_mtco2) AS total FROM estimate_ensemble WHERE year = 2019 AND month = 7 GROUP BY date, member) \
+                 SELECT m.date, ensemble_quantile(total, 0.975) AS p97_5 FROM m GROUP BY m.date ORDER BY m.date LIMIT 3";
+    for r in query_json(daily) {
+        let d = r["date"].as_str().unwrap();
+        let published = &query_json(&format!("SELECT p97_5 FROM estimates_latest WHERE province = 'CN' AND date = DATE '{d}'"))[0];
+        assert!((f(&r["p97_5"]) - f(&published["p97_5"])).abs() <= 1e-9 * f(&published["p97_5"]), "{d}");
+    }
+}
+
+#[test]
+fn an_as_of_query_before_a_revision_returns_the_older_value() {
+    // A row published at least twice (nowcasts are revised when the month's data arrive).
+    let pick = &query_json(
+        "SELECT province, sector, date FROM estimates WHERE revision = 1 AND province <> 'CN' ORDER BY date, province, sector LIMIT 1",
+    )[0];
+    let (p, s, d) = (pick["province"].as_str().unwrap(), pick["sector"].as_str().unwrap(), pick["date"].as_str().unwrap());
+    let vintages = query_json(&format!(
+        "SELECT revision, value_mtco2, CAST(computed_at AS BIGINT) AS at_us FROM estimates \
+         WHERE province = '{p}' AND sector = '{s}' AND date = DATE '{d}' ORDER BY revision"
+    ));
+    assert!(vintages.len() >= 2, "{vintages:?}");
+    let (v0, v1) = (&vintages[0], &vintages[1]);
+    assert_ne!(f(&v0["value_mtco2"]), f(&v1["value_mtco2"]));
+    let mid_us = (f(&v0["at_us"]) as i64 + f(&v1["at_us"]) as i64) / 2;
+    let mid = chrono::DateTime::from_timestamp_micros(mid_us).unwrap().to_rfc3339();
+    let before = &query_json(&format!(
+        "SELECT revision, value_mtco2 FROM estimates_as_of('{mid}') WHERE province = '{p}' AND sector = '{s}' AND date = DATE '{d}'"
+    ))[0];
+    assert_eq!(f(&before["revision"]), 0.0);
+    assert_eq!(f(&before["value_mtco2"]), f(&v0["value_mtco2"]));
+    let now = &query_json(&format!(
+        "SELECT revision FROM estimates_as_of('2100-01-01T00:00:00Z') WHERE province = '{p}' AND sector = '{s}' AND date = DATE '{d}'"
+    ))[0];
+    let latest = &query_json(&format!("SELECT revision FROM estimates_latest WHERE province = '{p}' AND sector = '{s}' AND date = DATE '{d}'"))[0];
+    assert_eq!(f(&now["revision"]), f(&latest["revision"]));
+    // A malformed timestamp is a clear error, not a panic.
+    let out = Command::new(BIN).args(["query", "--lake"]).arg(&lake().dir).arg("SELECT * FROM estimates_as_of('yesterday')").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RFC 3339"));
+}
+
+#[test]
+fn export_writes_csv_and_parquet_slices() {
+    let root = lake().dir.parent().unwrap().to_path_buf();
+    let csv = root.join("gd.csv");
+    let out = Command::new(BIN)
+        .args(["export", "--from", "2019-07-01", "--to", "2019-07-31", "--provinces", "CN-GD", "--sectors", "power,industry", "--format", "csv", "--lake"])
+        .arg(&lake().dir)
+        .arg("--out")
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(text.starts_with("date,province,sector,value_mtco2"), "{}", &text[..80.min(text.len())]);
+    assert_eq!(text.lines().count(), 1 + 31 * 2);
+    let pq = root.join("all.parquet");
+    let out = Command::new(BIN)
+        .args(["export", "--from", "2019-01-01", "--to", "2019-12-31", "--format", "parquet", "--lake"])
+        .arg(&lake().dir)
+        .arg("--out")
+        .arg(&pq)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::metadata(&pq).unwrap().len() > 1000);
+    let bad = Command::new(BIN).args(["export", "--from", "2019-01-01", "--to", "2019-12-31", "--provinces", "Atlantis", "--format", "csv", "--out", "/tmp/x.csv", "--lake"]).arg(&lake().dir).output().unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("unknown province"));
+}

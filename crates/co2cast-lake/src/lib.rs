@@ -1,0 +1,268 @@
+//! # co2cast-lake
+//!
+//! The Parquet lake researchers read with pandas, polars, DuckDB or pyarrow, and the SQL
+//! server queries. Tables are Hive-partitioned directories (`estimates/year=2019/month=01/`)
+//! of zstd-compressed Parquet files. A file is written under a hidden temporary name, synced,
+//! then renamed, and the manifest (`_manifest.json`, itself replaced atomically) lists the
+//! files of each commit; readers that list directories never see a partial file, because
+//! temporary names start with `.` and do not end in `.parquet`.
+//!
+//! Tables (their schemas are documented in `docs/lake.md`):
+//! - `estimates`: every published vintage of every daily row, with `revision` and `computed_at`;
+//! - `estimates_latest`: the newest vintage of each row;
+//! - `estimate_ensemble`: the Monte Carlo members of each province, sector and day, so that
+//!   any aggregation in SQL can take its band from member-wise sums;
+//! - `proxies`: the normalised inputs as accepted;
+//! - `inventory`: the yearbook (CEADs) values;
+//! - `comparison`: annual estimates against the inventory.
+
+use arrow::array::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const MANIFEST: &str = "_manifest.json";
+pub const MANIFEST_VERSION: u32 = 1;
+/// Rows per row group: large enough for scans, small enough to prune by statistics.
+pub const ROW_GROUP_ROWS: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    #[error("lake {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("lake {}: {msg}", path.display())]
+    Format { path: PathBuf, msg: String },
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> LakeError + '_ {
+    move |source| LakeError::Io { path: path.to_path_buf(), source }
+}
+
+/// One file of the lake.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub table: String,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Commit that wrote it (the pipeline's checkpoint sequence).
+    pub commit: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    /// Last commit recorded.
+    pub commit: u64,
+    pub committed_at: Option<String>,
+    /// Relative path → entry.
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+/// A file to write: table, Hive partition values, and a file name unique within the partition.
+#[derive(Debug, Clone)]
+pub struct FileWrite {
+    pub table: String,
+    pub partition: Vec<(String, String)>,
+    pub file_name: String,
+    pub batch: RecordBatch,
+}
+
+impl FileWrite {
+    pub fn relative_path(&self) -> PathBuf {
+        let mut p = PathBuf::from(&self.table);
+        for (k, v) in &self.partition {
+            p.push(format!("{k}={v}"));
+        }
+        p.push(&self.file_name);
+        p
+    }
+}
+
+pub struct Lake {
+    root: PathBuf,
+    manifest: Manifest,
+}
+
+impl Lake {
+    /// Opens (creating if needed) a lake at `root`.
+    pub fn open(root: &Path) -> Result<Lake, LakeError> {
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        let mp = root.join(MANIFEST);
+        let manifest = match std::fs::read(&mp) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| LakeError::Format { path: mp.clone(), msg: e.to_string() })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest { version: MANIFEST_VERSION, ..Manifest::default() },
+            Err(e) => return Err(LakeError::Io { path: mp, source: e }),
+        };
+        Ok(Lake { root: root.to_path_buf(), manifest })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Writes every file atomically, then records them all in the manifest as commit `commit`.
+    /// Rewriting a path replaces the file (a commit repeated after a crash writes the same
+    /// names, so nothing is duplicated).
+    pub fn commit(&mut self, commit: u64, files: Vec<FileWrite>, committed_at: &str) -> Result<(), LakeError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        for f in &files {
+            let rel = f.relative_path();
+            let bytes = write_parquet_atomic(&self.root.join(&rel), &f.batch)?;
+            self.manifest.files.insert(
+                rel.to_string_lossy().replace('\\', "/"),
+                FileEntry { table: f.table.clone(), rows: f.batch.num_rows() as u64, bytes, commit },
+            );
+        }
+        self.manifest.version = MANIFEST_VERSION;
+        self.manifest.commit = self.manifest.commit.max(commit);
+        self.manifest.committed_at = Some(committed_at.to_string());
+        let mp = self.root.join(MANIFEST);
+        let json = serde_json::to_vec_pretty(&self.manifest).map_err(|e| LakeError::Format { path: mp.clone(), msg: e.to_string() })?;
+        write_atomic(&mp, &json)
+    }
+
+    /// Removes the files of commits after `commit` (written, but their checkpoint never was).
+    pub fn rollback_after(&mut self, commit: u64) -> Result<usize, LakeError> {
+        let doomed: Vec<String> = self.manifest.files.iter().filter(|(_, e)| e.commit > commit).map(|(k, _)| k.clone()).collect();
+        for rel in &doomed {
+            let p = self.root.join(rel);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LakeError::Io { path: p, source: e }),
+            }
+            self.manifest.files.remove(rel);
+        }
+        if !doomed.is_empty() {
+            self.manifest.commit = commit;
+            let mp = self.root.join(MANIFEST);
+            let json = serde_json::to_vec_pretty(&self.manifest).map_err(|e| LakeError::Format { path: mp.clone(), msg: e.to_string() })?;
+            write_atomic(&mp, &json)?;
+        }
+        Ok(doomed.len())
+    }
+
+    /// Every batch of one table (optionally under one partition directory, e.g. `year=2019`).
+    pub fn read(&self, table: &str, under: Option<&str>) -> Result<Vec<RecordBatch>, LakeError> {
+        let prefix = match under {
+            Some(u) => format!("{table}/{u}/"),
+            None => format!("{table}/"),
+        };
+        let mut out = Vec::new();
+        for (rel, e) in &self.manifest.files {
+            if e.table == table && rel.starts_with(&prefix) {
+                out.extend(read_parquet(&self.root.join(rel))?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_created_by(format!("co2cast {}", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Parquet to a hidden temporary file, fsync, rename, fsync of the directory.
+pub fn write_parquet_atomic(path: &Path, batch: &RecordBatch) -> Result<u64, LakeError> {
+    let dir = path.parent().expect("a file in a directory");
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let name = path.file_name().expect("file name").to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        let mut w = ArrowWriter::try_new(f, batch.schema(), Some(writer_properties()))
+            .map_err(|e| LakeError::Format { path: tmp.clone(), msg: e.to_string() })?;
+        w.write(batch).map_err(|e| LakeError::Format { path: tmp.clone(), msg: e.to_string() })?;
+        let f = w.into_inner().map_err(|e| LakeError::Format { path: tmp.clone(), msg: e.to_string() })?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    let bytes = std::fs::metadata(&tmp).map_err(io(&tmp))?.len();
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(bytes)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LakeError> {
+    let dir = path.parent().expect("a file in a directory");
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().expect("name").to_string_lossy()));
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>, LakeError> {
+    let f = std::fs::File::open(path).map_err(io(path))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+        .and_then(|b| b.build())
+        .map_err(|e| LakeError::Format { path: path.to_path_buf(), msg: e.to_string() })?;
+    reader.collect::<Result<Vec<_>, _>>().map_err(|e| LakeError::Format { path: path.to_path_buf(), msg: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    fn batch(n: usize) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, false), Field::new("v", DataType::Float64, false)]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values((0..n).map(|i| format!("k{i}")))),
+                Arc::new(Float64Array::from_iter_values((0..n).map(|i| i as f64))),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn commits_are_atomic_recorded_and_idempotent() {
+        let dir = std::env::temp_dir().join(format!("co2cast-lake-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut lake = Lake::open(&dir).unwrap();
+        let f = |n| FileWrite {
+            table: "t".into(),
+            partition: vec![("year".into(), "2019".into()), ("month".into(), "01".into())],
+            file_name: "part-00000001.parquet".into(),
+            batch: batch(n),
+        };
+        lake.commit(1, vec![f(10)], "2019-01-01T00:00:00Z").unwrap();
+        // The same commit again (a restart after a crash) replaces, not duplicates.
+        lake.commit(1, vec![f(12)], "2019-01-01T00:00:00Z").unwrap();
+        let lake = Lake::open(&dir).unwrap();
+        assert_eq!(lake.manifest().files.len(), 1);
+        let rows: usize = lake.read("t", Some("year=2019")).unwrap().iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, 12);
+        assert!(dir.join("t/year=2019/month=01/part-00000001.parquet").exists());
+        // No temporary file is left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(dir.join("t/year=2019/month=01")).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
+        assert!(leftovers.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,396 @@
+//! What the processor writes to the Parquet lake at each flush, in the same commit as its
+//! checkpoint: the vintages it published, the newest vintage of each row, the ensemble
+//! members of changed province-months, the comparison with the inventory, and the accepted
+//! inputs. Files of a flush are named by the checkpoint sequence they belong to; at start,
+//! files of flushes whose checkpoint was never written are removed, so a crash between the
+//! lake commit and the checkpoint leaves no duplicates.
+
+use crate::estimates::{EstimateRow, date32, to_batch};
+use arrow::array::{
+    Array, ArrayBuilder, ArrayRef, BooleanBuilder, Date32Array, Date32Builder, Float64Array, Float64Builder, Int32Array, Int32Builder, Int64Builder,
+    RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray, UInt16Builder, UInt32Array, UInt32Builder,
+};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use co2cast_ingest::ValidProxy;
+use co2cast_lake::{FileWrite, Lake, LakeError};
+use co2cast_model::domain::{Province, Sector};
+use co2cast_model::estimate::{Band, RowEnsemble, SourceType};
+use co2cast_model::inventory::InventoryPanel;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+/// An accepted input with where it came from.
+pub struct AcceptedProxy {
+    pub proxy: ValidProxy,
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub received_at: DateTime<Utc>,
+}
+
+pub struct LakeSink {
+    lake: Lake,
+    /// Newest vintage of every row, by year then key (with when it was computed).
+    latest: BTreeMap<i32, BTreeMap<String, (EstimateRow, i64)>>,
+    pending: Vec<FileWrite>,
+    pub accepted: Vec<AcceptedProxy>,
+    /// Members kept per row in `estimate_ensemble` (all when `None`).
+    ensemble_members: Option<usize>,
+}
+
+fn field(n: &str, t: DataType) -> Field {
+    Field::new(n, t, false)
+}
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+fn lake_err(e: LakeError) -> crate::processor::PipelineError {
+    crate::processor::PipelineError::Lake(e.to_string())
+}
+
+impl LakeSink {
+    /// Opens the lake, drops files of commits after `checkpointed` (never checkpointed), and
+    /// rebuilds the newest vintages from the `estimates` table.
+    pub fn open(dir: &Path, checkpointed: u64, ensemble_members: Option<usize>) -> Result<LakeSink, crate::processor::PipelineError> {
+        let mut lake = Lake::open(dir).map_err(lake_err)?;
+        lake.rollback_after(checkpointed).map_err(lake_err)?;
+        let mut latest: BTreeMap<i32, BTreeMap<String, (EstimateRow, i64)>> = BTreeMap::new();
+        for b in lake.read("estimates", None).map_err(lake_err)? {
+            for (r, at) in rows_from_batch(&b) {
+                let year = latest.entry(r.date.year()).or_default();
+                let key = r.key();
+                if year.get(&key).is_none_or(|(old, _)| old.revision <= r.revision) {
+                    year.insert(key, (r, at));
+                }
+            }
+        }
+        Ok(LakeSink { lake, latest, pending: Vec::new(), accepted: Vec::new(), ensemble_members })
+    }
+
+    /// The yearbook values, once.
+    pub fn write_inventory(&mut self, inv: &InventoryPanel, commit: u64) -> Result<(), crate::processor::PipelineError> {
+        if self.lake.manifest().files.values().any(|f| f.table == "inventory") {
+            return Ok(());
+        }
+        let (mut p, mut s, mut y, mut v, mut src) =
+            (StringBuilder::new(), StringBuilder::new(), Int32Builder::new(), Float64Builder::new(), StringBuilder::new());
+        for year in inv.years() {
+            for prov in Province::ALL {
+                for sec in Sector::ALL {
+                    if let Some(x) = inv.sector(prov, sec, year) {
+                        p.append_value(prov.iso_code());
+                        s.append_value(sec.as_str());
+                        y.append_value(year);
+                        v.append_value(x);
+                        src.append_value(&inv.source);
+                    }
+                }
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![
+            field("province", DataType::Utf8),
+            field("sector", DataType::Utf8),
+            field("year", DataType::Int32),
+            field("value_mtco2", DataType::Float64),
+            field("source", DataType::Utf8),
+        ]));
+        let cols: Vec<ArrayRef> = vec![Arc::new(p.finish()), Arc::new(s.finish()), Arc::new(y.finish()), Arc::new(v.finish()), Arc::new(src.finish())];
+        let batch = RecordBatch::try_new(schema, cols).expect("schema");
+        self.lake
+            .commit(commit, vec![FileWrite { table: "inventory".into(), partition: vec![], file_name: "data.parquet".into(), batch }], &Utc::now().to_rfc3339())
+            .map_err(lake_err)
+    }
+
+    /// Published rows of one flush: appended to `estimates` by month, merged into `estimates_latest`.
+    pub fn published(&mut self, rows: &[EstimateRow], computed_at: DateTime<Utc>, commit: u64) {
+        let mut by_month: BTreeMap<(i32, u32), Vec<EstimateRow>> = BTreeMap::new();
+        for r in rows {
+            by_month.entry((r.date.year(), r.date.month())).or_default().push(r.clone());
+            self.latest.entry(r.date.year()).or_default().insert(r.key(), (r.clone(), computed_at.timestamp_micros()));
+        }
+        for ((y, m), rows) in by_month {
+            self.pending.push(FileWrite {
+                table: "estimates".into(),
+                partition: vec![("year".into(), y.to_string()), ("month".into(), format!("{m:02}"))],
+                file_name: format!("part-{commit:010}.parquet"),
+                batch: to_batch(&rows, computed_at),
+            });
+        }
+        let years: BTreeSet<i32> = rows.iter().map(|r| r.date.year()).collect();
+        for y in years {
+            let mut all: Vec<&(EstimateRow, i64)> = self.latest[&y].values().collect();
+            all.sort_by(|a, b| (a.0.date, &a.0.province, &a.0.sector).cmp(&(b.0.date, &b.0.province, &b.0.sector)));
+            let rows: Vec<EstimateRow> = all.iter().map(|x| x.0.clone()).collect();
+            let mut batch = to_batch(&rows, computed_at);
+            // Each row keeps the time of its own vintage.
+            let at = TimestampMicrosecondArray::from(all.iter().map(|x| x.1).collect::<Vec<_>>()).with_timezone("UTC");
+            let idx = batch.schema().index_of("computed_at").expect("column");
+            let mut cols = batch.columns().to_vec();
+            cols[idx] = Arc::new(at);
+            batch = RecordBatch::try_new(batch.schema(), cols).expect("schema");
+            self.pending.push(FileWrite {
+                table: "estimates_latest".into(),
+                partition: vec![("year".into(), y.to_string())],
+                file_name: "data.parquet".into(),
+                batch,
+            });
+        }
+    }
+
+    /// Members of every row of `province` in `month` (one file per province-month).
+    pub fn ensemble(&mut self, rows: &[RowEnsemble], year: i32, month: u32, revision_of: impl Fn(&str) -> u32, base_year: i32) {
+        let Some(first) = rows.first() else { return };
+        let (mut d, mut p, mut s, mut m, mut v, mut rev, mut by) = (
+            Date32Builder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+            UInt16Builder::new(),
+            Float64Builder::new(),
+            UInt32Builder::new(),
+            Int32Builder::new(),
+        );
+        for r in rows {
+            let k = self.ensemble_members.unwrap_or(r.members.len()).min(r.members.len());
+            for (i, day) in r.days.iter().enumerate().filter(|(_, d)| d.year() == year && d.month() == month) {
+                let key = format!("{}/{}/{}", r.province.iso_code(), r.sector.as_str(), day);
+                let revision = revision_of(&key);
+                for (mi, member) in r.members.iter().take(k).enumerate() {
+                    d.append_value(date32(*day));
+                    p.append_value(r.province.iso_code());
+                    s.append_value(r.sector.as_str());
+                    m.append_value(mi as u16);
+                    v.append_value(member[i]);
+                    rev.append_value(revision);
+                    by.append_value(base_year);
+                }
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![
+            field("date", DataType::Date32),
+            field("province", DataType::Utf8),
+            field("sector", DataType::Utf8),
+            field("member", DataType::UInt16),
+            field("value_mtco2", DataType::Float64),
+            field("revision", DataType::UInt32),
+            field("base_year", DataType::Int32),
+        ]));
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(d.finish()),
+            Arc::new(p.finish()),
+            Arc::new(s.finish()),
+            Arc::new(m.finish()),
+            Arc::new(v.finish()),
+            Arc::new(rev.finish()),
+            Arc::new(by.finish()),
+        ];
+        self.pending.push(FileWrite {
+            table: "estimate_ensemble".into(),
+            partition: vec![("year".into(), year.to_string()), ("month".into(), format!("{month:02}"))],
+            file_name: format!("{}.parquet", first.province.iso_code()),
+            batch: RecordBatch::try_new(schema, cols).expect("schema"),
+        });
+    }
+
+    /// Annual estimate against the inventory, for a complete year.
+    pub fn comparison(&mut self, year: i32, lines: &[ComparisonLine], computed_at: DateTime<Utc>) {
+        let mut b = ComparisonBuilders::default();
+        for l in lines {
+            b.push(l);
+        }
+        self.pending.push(FileWrite {
+            table: "comparison".into(),
+            partition: vec![("year".into(), year.to_string())],
+            file_name: "data.parquet".into(),
+            batch: b.finish(computed_at),
+        });
+    }
+
+    /// Accepted inputs since the last flush, by month of their period.
+    fn proxies(&mut self, commit: u64) {
+        let mut by_month: BTreeMap<(i32, u32), Vec<AcceptedProxy>> = BTreeMap::new();
+        for a in std::mem::take(&mut self.accepted) {
+            let d = co2cast_model::calendar::shanghai_day(&a.proxy.period_start);
+            by_month.entry((d.year(), d.month())).or_default().push(a);
+        }
+        for ((y, m), list) in by_month {
+            let mut sig = StringBuilder::new();
+            let mut scope = StringBuilder::new();
+            let mut gran = StringBuilder::new();
+            let mut start = Vec::with_capacity(list.len());
+            let mut val = Float64Builder::new();
+            let mut unit = StringBuilder::new();
+            let mut ytd = BooleanBuilder::new();
+            let mut src = StringBuilder::new();
+            let mut rev = UInt32Builder::new();
+            let mut topic = StringBuilder::new();
+            let mut part = Int32Builder::new();
+            let mut off = Int64Builder::new();
+            let mut recv = Vec::with_capacity(list.len());
+            for a in &list {
+                let p = &a.proxy;
+                sig.append_value(p.signal.as_str());
+                scope.append_value(match p.scope {
+                    co2cast_model::proxy::Scope::Province(x) => x.iso_code(),
+                    co2cast_model::proxy::Scope::National => "CN",
+                });
+                gran.append_value(format!("{:?}", p.granularity).to_lowercase());
+                start.push(p.period_start.timestamp_micros());
+                val.append_value(p.value);
+                unit.append_value(p.signal.unit());
+                ytd.append_value(p.ytd);
+                src.append_value(&p.source);
+                rev.append_value(p.revision);
+                topic.append_value(&*a.topic);
+                part.append_value(a.partition);
+                off.append_value(a.offset);
+                recv.push(a.received_at.timestamp_micros());
+            }
+            let schema = Arc::new(Schema::new(vec![
+                field("signal", DataType::Utf8),
+                field("province", DataType::Utf8),
+                field("granularity", DataType::Utf8),
+                field("period_start", ts_type()),
+                field("value", DataType::Float64),
+                field("unit", DataType::Utf8),
+                field("ytd", DataType::Boolean),
+                field("source", DataType::Utf8),
+                field("revision", DataType::UInt32),
+                field("topic", DataType::Utf8),
+                field("partition", DataType::Int32),
+                field("offset", DataType::Int64),
+                field("received_at", ts_type()),
+            ]));
+            let cols: Vec<ArrayRef> = vec![
+                Arc::new(sig.finish()),
+                Arc::new(scope.finish()),
+                Arc::new(gran.finish()),
+                Arc::new(TimestampMicrosecondArray::from(start).with_timezone("UTC")),
+                Arc::new(val.finish()),
+                Arc::new(unit.finish()),
+                Arc::new(ytd.finish()),
+                Arc::new(src.finish()),
+                Arc::new(rev.finish()),
+                Arc::new(topic.finish()),
+                Arc::new(part.finish()),
+                Arc::new(off.finish()),
+                Arc::new(TimestampMicrosecondArray::from(recv).with_timezone("UTC")),
+            ];
+            self.pending.push(FileWrite {
+                table: "proxies".into(),
+                partition: vec![("year".into(), y.to_string()), ("month".into(), format!("{m:02}"))],
+                file_name: format!("part-{commit:010}.parquet"),
+                batch: RecordBatch::try_new(schema, cols).expect("schema"),
+            });
+        }
+    }
+
+    /// Writes everything of this flush as commit `commit` (before its checkpoint).
+    pub fn commit(&mut self, commit: u64) -> Result<(), crate::processor::PipelineError> {
+        self.proxies(commit);
+        let files = std::mem::take(&mut self.pending);
+        self.lake.commit(commit, files, &Utc::now().to_rfc3339()).map_err(lake_err)
+    }
+}
+
+/// One line of the comparison table.
+pub struct ComparisonLine {
+    pub province: String,
+    pub sector: String,
+    pub year: i32,
+    pub band: Band,
+    pub inventory_mtco2: f64,
+    pub base_year: i32,
+}
+
+#[derive(Default)]
+struct ComparisonBuilders {
+    p: StringBuilder,
+    s: StringBuilder,
+    y: Int32Builder,
+    f: [Float64Builder; 7],
+    inside: BooleanBuilder,
+    base: Int32Builder,
+}
+
+impl ComparisonBuilders {
+    fn push(&mut self, l: &ComparisonLine) {
+        let b = &l.band;
+        let diff = b.central - l.inventory_mtco2;
+        // Standard deviation implied by the 95 % band (±1.96 σ for a normal ensemble).
+        let sigma = (b.p97_5 - b.p2_5) / (2.0 * 1.959_964);
+        let z = if sigma > 0.0 { diff / sigma } else { f64::NAN };
+        self.p.append_value(&l.province);
+        self.s.append_value(&l.sector);
+        self.y.append_value(l.year);
+        for (bld, v) in self.f.iter_mut().zip([b.central, b.p2_5, b.p97_5, l.inventory_mtco2, diff, diff / l.inventory_mtco2, z]) {
+            bld.append_value(v);
+        }
+        self.inside.append_value(b.contains_95(l.inventory_mtco2));
+        self.base.append_value(l.base_year);
+    }
+
+    fn finish(mut self, computed_at: DateTime<Utc>) -> RecordBatch {
+        let n = self.p.len();
+        let names = ["estimate_mtco2", "p2_5", "p97_5", "inventory_mtco2", "difference_mtco2", "relative_difference", "z_score"];
+        let mut fields = vec![field("province", DataType::Utf8), field("sector", DataType::Utf8), field("year", DataType::Int32)];
+        fields.extend(names.iter().map(|n| field(n, DataType::Float64)));
+        fields.extend([field("inside_band_95", DataType::Boolean), field("base_year", DataType::Int32), field("computed_at", ts_type())]);
+        let mut cols: Vec<ArrayRef> = vec![Arc::new(self.p.finish()), Arc::new(self.s.finish()), Arc::new(self.y.finish())];
+        for b in self.f.iter_mut() {
+            cols.push(Arc::new(b.finish()));
+        }
+        cols.push(Arc::new(self.inside.finish()));
+        cols.push(Arc::new(self.base.finish()));
+        cols.push(Arc::new(TimestampMicrosecondArray::from(vec![computed_at.timestamp_micros(); n]).with_timezone("UTC")));
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).expect("schema")
+    }
+}
+
+/// Rows back from an `estimates` batch (with each row's `computed_at`, µs).
+pub fn rows_from_batch(b: &RecordBatch) -> Vec<(EstimateRow, i64)> {
+    fn col<'a, T: 'static>(b: &'a RecordBatch, n: &str) -> &'a T {
+        b.column_by_name(n).and_then(|c| c.as_any().downcast_ref::<T>()).unwrap_or_else(|| panic!("lake estimates: column {n}"))
+    }
+    let date = col::<Date32Array>(b, "date");
+    let s = |n| col::<StringArray>(b, n);
+    let f = |n| col::<Float64Array>(b, n);
+    let (prov, sec, src, prox, ver) = (s("province"), s("sector"), s("source_type"), s("proxies"), s("model_version"));
+    let (v, p2, p5, p50, p95, p97, cov) = (f("value_mtco2"), f("p2_5"), f("p5"), f("p50"), f("p95"), f("p97_5"), f("coverage"));
+    let base = col::<Int32Array>(b, "base_year");
+    let rev = col::<UInt32Array>(b, "revision");
+    let at = col::<TimestampMicrosecondArray>(b, "computed_at");
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid");
+    (0..b.num_rows())
+        .map(|i| {
+            let source_type = match src.value(i) {
+                "nowcast" => SourceType::Nowcast,
+                "gap_filled" => SourceType::GapFilled,
+                _ => SourceType::Proxy,
+            };
+            (
+                EstimateRow {
+                    date: epoch + chrono::Duration::days(date.value(i) as i64),
+                    province: prov.value(i).to_string(),
+                    sector: sec.value(i).to_string(),
+                    value_mtco2: v.value(i),
+                    p2_5: p2.value(i),
+                    p5: p5.value(i),
+                    p50: p50.value(i),
+                    p95: p95.value(i),
+                    p97_5: p97.value(i),
+                    source_type,
+                    coverage: cov.value(i),
+                    proxies: prox.value(i).to_string(),
+                    base_year: base.value(i),
+                    model_version: ver.value(i).to_string(),
+                    revision: rev.value(i),
+                },
+                at.value(i),
+            )
+        })
+        .collect()
+}

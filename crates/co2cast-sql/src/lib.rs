@@ -1,0 +1,201 @@
+//! # co2cast-sql
+//!
+//! SQL over the Parquet lake for analysts: a DataFusion session with every lake table
+//! registered (Hive partitions as columns), `estimates_as_of('<RFC 3339>')` returning the
+//! estimates as they stood at that moment, and `ensemble_quantile(x, q)`, the quantile used
+//! by the pipeline itself, so that a band of any aggregate is taken from member-wise sums of
+//! `estimate_ensemble`. [`server`] serves it read-only over the PostgreSQL wire protocol.
+
+pub mod readonly;
+pub mod server;
+
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array};
+use arrow::datatypes::{DataType, Field, Float64Type};
+use datafusion::catalog::TableFunctionImpl;
+use datafusion::catalog::TableFunctionArgs;
+use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue, exec_err, plan_err};
+use datafusion::datasource::{TableProvider, ViewTable};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::{Accumulator, Expr, Volatility, create_udaf};
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Limits of a query session.
+#[derive(Debug, Clone)]
+pub struct SqlLimits {
+    /// Memory all running queries may hold (bytes); a query needing more fails.
+    pub memory_limit_bytes: usize,
+    pub target_partitions: usize,
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        SqlLimits { memory_limit_bytes: 2 << 30, target_partitions: 2 }
+    }
+}
+
+/// Tables of the lake and their Hive partition columns.
+pub const TABLES: [(&str, &[&str]); 6] = [
+    ("estimates", &["year", "month"]),
+    ("estimates_latest", &["year"]),
+    ("estimate_ensemble", &["year", "month"]),
+    ("proxies", &["year", "month"]),
+    ("comparison", &["year"]),
+    ("inventory", &[]),
+];
+
+/// A session over the lake at `dir`: every table present is registered.
+pub async fn session(dir: &Path, limits: &SqlLimits) -> DfResult<SessionContext> {
+    let runtime = RuntimeEnvBuilder::new().with_memory_limit(limits.memory_limit_bytes, 1.0).build_arc()?;
+    let config = SessionConfig::new()
+        .with_target_partitions(limits.target_partitions.max(1))
+        .with_information_schema(true)
+        .with_default_catalog_and_schema("datafusion", "public");
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    ctx.register_udaf(ensemble_quantile());
+    register_tables(&ctx, dir).await?;
+    Ok(ctx)
+}
+
+/// Registers the lake tables that have files and are not registered yet (a running pipeline
+/// creates tables as it goes; listing tables see new files of registered tables by themselves).
+pub async fn register_tables(ctx: &SessionContext, dir: &Path) -> DfResult<Vec<&'static str>> {
+    let mut added = Vec::new();
+    for (table, parts) in TABLES {
+        let path = dir.join(table);
+        if ctx.table_exist(table)? || !has_parquet(&path) {
+            continue;
+        }
+        let cols: Vec<(String, DataType)> = parts.iter().map(|p| (p.to_string(), DataType::Int32)).collect();
+        let opts = ParquetReadOptions::default().table_partition_cols(cols);
+        ctx.register_parquet(table, format!("{}/", path.display()), opts).await?;
+        if table == "estimates" {
+            ctx.register_udtf("estimates_as_of", Arc::new(EstimatesAsOf { ctx: ctx.clone() }));
+        }
+        added.push(table);
+    }
+    Ok(added)
+}
+
+fn has_parquet(dir: &Path) -> bool {
+    let Ok(rd) = std::fs::read_dir(dir) else { return false };
+    rd.filter_map(|e| e.ok()).any(|e| {
+        let p = e.path();
+        if p.is_dir() { has_parquet(&p) } else { p.extension().is_some_and(|x| x == "parquet") }
+    })
+}
+
+/// Linear-interpolation quantile of sorted values, as the pipeline computes bands.
+fn quantile_sorted(s: &[f64], q: f64) -> f64 {
+    co2cast_model::calibration::robust::quantile_sorted(s, q)
+}
+
+/// `ensemble_quantile(value, q)`: the q-quantile of the values, with the pipeline's definition.
+pub fn ensemble_quantile() -> datafusion::logical_expr::AggregateUDF {
+    create_udaf(
+        "ensemble_quantile",
+        vec![DataType::Float64, DataType::Float64],
+        Arc::new(DataType::Float64),
+        Volatility::Immutable,
+        Arc::new(|_| Ok(Box::new(QuantileAcc { values: Vec::new(), q: None }))),
+        Arc::new(vec![DataType::List(Arc::new(Field::new_list_field(DataType::Float64, true))), DataType::Float64]),
+    )
+}
+
+#[derive(Debug)]
+struct QuantileAcc {
+    values: Vec<f64>,
+    q: Option<f64>,
+}
+
+impl Accumulator for QuantileAcc {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
+        let v = values[0].as_primitive::<Float64Type>();
+        let q = values[1].as_primitive::<Float64Type>();
+        if self.q.is_none() && !q.is_empty() && q.is_valid(0) {
+            let x = q.value(0);
+            if !(0.0..=1.0).contains(&x) {
+                return exec_err!("ensemble_quantile: q must be within [0, 1], got {x}");
+            }
+            self.q = Some(x);
+        }
+        self.values.extend(v.iter().flatten());
+        Ok(())
+    }
+
+    fn evaluate(&mut self) -> DfResult<ScalarValue> {
+        let Some(q) = self.q else { return Ok(ScalarValue::Float64(None)) };
+        if self.values.is_empty() {
+            return Ok(ScalarValue::Float64(None));
+        }
+        let mut s = self.values.clone();
+        s.sort_by(|a, b| a.total_cmp(b));
+        Ok(ScalarValue::Float64(Some(quantile_sorted(&s, q))))
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + self.values.capacity() * 8
+    }
+
+    fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
+        let list = ScalarValue::new_list_nullable(&self.values.iter().map(|v| ScalarValue::Float64(Some(*v))).collect::<Vec<_>>(), &DataType::Float64);
+        Ok(vec![ScalarValue::List(list), ScalarValue::Float64(self.q)])
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> DfResult<()> {
+        let lists = states[0].as_list::<i32>();
+        for i in 0..lists.len() {
+            if lists.is_valid(i) {
+                let inner = lists.value(i);
+                let f = inner.as_any().downcast_ref::<Float64Array>().ok_or_else(|| DataFusionError::Internal("quantile state".into()))?;
+                self.values.extend(f.iter().flatten());
+            }
+        }
+        let q = states[1].as_primitive::<Float64Type>();
+        if self.q.is_none() {
+            self.q = q.iter().flatten().next();
+        }
+        Ok(())
+    }
+}
+
+/// `estimates_as_of('2026-11-22T10:00:00Z')`: for each row, the newest vintage computed at or
+/// before that instant.
+struct EstimatesAsOf {
+    ctx: SessionContext,
+}
+
+impl std::fmt::Debug for EstimatesAsOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EstimatesAsOf")
+    }
+}
+
+pub const AS_OF_COLUMNS: &str = "date, province, sector, value_mtco2, p2_5, p5, p50, p95, p97_5, source_type, coverage, proxies, base_year, model_version, revision, computed_at";
+
+impl TableFunctionImpl for EstimatesAsOf {
+    fn call_with_args(&self, args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
+        let [Expr::Literal(ScalarValue::Utf8(Some(s)), _)] = args.exprs() else {
+            return plan_err!("estimates_as_of takes one RFC 3339 timestamp string, e.g. estimates_as_of('2026-11-22T10:00:00Z')");
+        };
+        let t = chrono::DateTime::parse_from_rfc3339(s)
+            .map_err(|e| DataFusionError::Plan(format!("estimates_as_of: `{s}` is not an RFC 3339 timestamp with offset: {e}")))?;
+        let micros = t.timestamp_micros();
+        // The timestamp was parsed, so only digits reach the SQL text.
+        let sql = format!(
+            "SELECT {AS_OF_COLUMNS} FROM (SELECT *, row_number() OVER (PARTITION BY province, sector, date ORDER BY revision DESC, computed_at DESC) AS vintage_rank \
+             FROM estimates WHERE computed_at <= to_timestamp_micros({micros}) AT TIME ZONE 'UTC') WHERE vintage_rank = 1"
+        );
+        let plan = futures::executor::block_on(self.ctx.state().create_logical_plan(&sql))?;
+        Ok(Arc::new(ViewTable::new(plan, Some(sql))))
+    }
+}
+
+/// Runs one query and returns its batches.
+pub async fn query(ctx: &SessionContext, sql: &str) -> DfResult<Vec<arrow::array::RecordBatch>> {
+    if let Err(reason) = readonly::check_sql(sql) {
+        return Err(DataFusionError::Plan(reason));
+    }
+    ctx.sql(sql).await?.collect().await
+}
