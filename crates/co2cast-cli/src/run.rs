@@ -106,9 +106,9 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 cfg.checkpoint_dir = d.clone();
             }
             let mut p = Processor::new(cfg, history)?;
-            p.run(stop, a.exit_when_idle, |_| {})?
+            p.run(stop.clone(), a.exit_when_idle, |_| {})?
         }
-        None => embedded(a.state_dir.clone(), cfg, history, stop, a.exit_when_idle, a.quiet)?,
+        None => embedded(a.state_dir.clone(), cfg, history, stop.clone(), a.exit_when_idle, a.quiet)?,
     };
     report(&summary, a.json)?;
     if let Some(t) = sql_thread {

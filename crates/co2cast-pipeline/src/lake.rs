@@ -300,7 +300,6 @@ impl LakeSink {
 pub struct ComparisonLine {
     pub province: String,
     pub sector: String,
-    pub year: i32,
     pub band: Band,
     pub inventory_mtco2: f64,
     pub base_year: i32,
@@ -310,7 +309,6 @@ pub struct ComparisonLine {
 struct ComparisonBuilders {
     p: StringBuilder,
     s: StringBuilder,
-    y: Int32Builder,
     f: [Float64Builder; 7],
     inside: BooleanBuilder,
     base: Int32Builder,
@@ -325,7 +323,6 @@ impl ComparisonBuilders {
         let z = if sigma > 0.0 { diff / sigma } else { f64::NAN };
         self.p.append_value(&l.province);
         self.s.append_value(&l.sector);
-        self.y.append_value(l.year);
         for (bld, v) in self.f.iter_mut().zip([b.central, b.p2_5, b.p97_5, l.inventory_mtco2, diff, diff / l.inventory_mtco2, z]) {
             bld.append_value(v);
         }
@@ -336,10 +333,11 @@ impl ComparisonBuilders {
     fn finish(mut self, computed_at: DateTime<Utc>) -> RecordBatch {
         let n = self.p.len();
         let names = ["estimate_mtco2", "p2_5", "p97_5", "inventory_mtco2", "difference_mtco2", "relative_difference", "z_score"];
-        let mut fields = vec![field("province", DataType::Utf8), field("sector", DataType::Utf8), field("year", DataType::Int32)];
+        // `year` is the partition column.
+        let mut fields = vec![field("province", DataType::Utf8), field("sector", DataType::Utf8)];
         fields.extend(names.iter().map(|n| field(n, DataType::Float64)));
         fields.extend([field("inside_band_95", DataType::Boolean), field("base_year", DataType::Int32), field("computed_at", ts_type())]);
-        let mut cols: Vec<ArrayRef> = vec![Arc::new(self.p.finish()), Arc::new(self.s.finish()), Arc::new(self.y.finish())];
+        let mut cols: Vec<ArrayRef> = vec![Arc::new(self.p.finish()), Arc::new(self.s.finish())];
         for b in self.f.iter_mut() {
             cols.push(Arc::new(b.finish()));
         }

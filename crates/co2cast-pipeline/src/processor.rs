@@ -766,7 +766,6 @@ impl Processor {
                             lines.push(crate::lake::ComparisonLine {
                                 province: p.iso_code().into(),
                                 sector: s.as_str().into(),
-                                year,
                                 band: Band::from_members(*central, members),
                                 inventory_mtco2: v,
                                 base_year: last_inv,
@@ -778,7 +777,6 @@ impl Processor {
                         lines.push(crate::lake::ComparisonLine {
                             province: p.iso_code().into(),
                             sector: "all".into(),
-                            year,
                             band: Band::from_members(prov_central, &prov_members),
                             inventory_mtco2: prov_inv,
                             base_year: last_inv,
@@ -790,7 +788,6 @@ impl Processor {
                     lines.push(crate::lake::ComparisonLine {
                         province: "CN".into(),
                         sector: "all".into(),
-                        year,
                         band,
                         inventory_mtco2: nat_inv,
                         base_year: last_inv,
