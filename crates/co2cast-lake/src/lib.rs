@@ -127,6 +127,10 @@ impl Lake {
         self.manifest.version = MANIFEST_VERSION;
         self.manifest.commit = self.manifest.commit.max(commit);
         self.manifest.committed_at = Some(committed_at.to_string());
+        self.save_manifest()
+    }
+
+    fn save_manifest(&self) -> Result<(), LakeError> {
         let mp = self.root.join(MANIFEST);
         let json = serde_json::to_vec_pretty(&self.manifest).map_err(|e| LakeError::Format { path: mp.clone(), msg: e.to_string() })?;
         write_atomic(&mp, &json)
@@ -146,9 +150,7 @@ impl Lake {
         }
         if !doomed.is_empty() {
             self.manifest.commit = commit;
-            let mp = self.root.join(MANIFEST);
-            let json = serde_json::to_vec_pretty(&self.manifest).map_err(|e| LakeError::Format { path: mp.clone(), msg: e.to_string() })?;
-            write_atomic(&mp, &json)?;
+            self.save_manifest()?;
         }
         Ok(doomed.len())
     }

@@ -54,6 +54,11 @@ impl SourceType {
             SourceType::Nowcast => "nowcast",
         }
     }
+
+    /// The inverse of [`SourceType::as_str`].
+    pub fn parse(s: &str) -> Option<SourceType> {
+        [SourceType::Proxy, SourceType::GapFilled, SourceType::Nowcast].into_iter().find(|t| t.as_str() == s)
+    }
 }
 
 /// One published row: province × sector × Asia/Shanghai day.

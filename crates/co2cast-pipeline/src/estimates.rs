@@ -133,6 +133,11 @@ pub fn schema() -> Arc<Schema> {
 
 /// Rows of one publication, all computed at `computed_at` (their vintage).
 pub fn to_batch(rows: &[EstimateRow], computed_at: DateTime<Utc>) -> RecordBatch {
+    to_batch_at(rows, vec![computed_at.timestamp_micros(); rows.len()])
+}
+
+/// Rows with each its own vintage time (µs since the epoch, UTC).
+pub fn to_batch_at(rows: &[EstimateRow], computed_at_us: Vec<i64>) -> RecordBatch {
     let mut date = Date32Builder::with_capacity(rows.len());
     let mut province = StringBuilder::new();
     let mut sector = StringBuilder::new();
@@ -167,7 +172,7 @@ pub fn to_batch(rows: &[EstimateRow], computed_at: DateTime<Utc>) -> RecordBatch
     cols.push(Arc::new(base.finish()));
     cols.push(Arc::new(version.finish()));
     cols.push(Arc::new(revision.finish()));
-    cols.push(Arc::new(TimestampMicrosecondArray::from(vec![computed_at.timestamp_micros(); rows.len()]).with_timezone("UTC")));
+    cols.push(Arc::new(TimestampMicrosecondArray::from(computed_at_us).with_timezone("UTC")));
     RecordBatch::try_new(schema(), cols).expect("columns match the schema")
 }
 

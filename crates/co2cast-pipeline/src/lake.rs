@@ -5,7 +5,7 @@
 //! files of flushes whose checkpoint was never written are removed, so a crash between the
 //! lake commit and the checkpoint leaves no duplicates.
 
-use crate::estimates::{EstimateRow, date32, to_batch};
+use crate::estimates::{EstimateRow, date32, to_batch, to_batch_at};
 use arrow::array::{
     Array, ArrayBuilder, ArrayRef, BooleanBuilder, Date32Array, Date32Builder, Float64Array, Float64Builder, Int32Array, Int32Builder, Int64Builder,
     RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray, UInt16Builder, UInt32Array, UInt32Builder,
@@ -17,7 +17,7 @@ use co2cast_lake::{FileWrite, Lake, LakeError};
 use co2cast_model::domain::{Province, Sector};
 use co2cast_model::estimate::{Band, RowEnsemble, SourceType};
 use co2cast_model::inventory::InventoryPanel;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -32,8 +32,8 @@ pub struct AcceptedProxy {
 
 pub struct LakeSink {
     lake: Lake,
-    /// Newest vintage of every row, by year then key (with when it was computed).
-    latest: BTreeMap<i32, BTreeMap<String, (EstimateRow, i64)>>,
+    /// Newest vintage of every row, by (year, month) then row (with when it was computed).
+    latest: BTreeMap<(i32, u32), BTreeMap<RowId, (EstimateRow, i64)>>,
     pending: Vec<FileWrite>,
     pub accepted: Vec<AcceptedProxy>,
     /// Members kept per row in `estimate_ensemble` (all when `None`).
@@ -58,13 +58,13 @@ impl LakeSink {
     pub fn open(dir: &Path, checkpointed: u64, ensemble_members: Option<usize>) -> Result<LakeSink, crate::processor::PipelineError> {
         let mut lake = Lake::open(dir).map_err(lake_err)?;
         lake.rollback_after(checkpointed).map_err(lake_err)?;
-        let mut latest: BTreeMap<i32, BTreeMap<String, (EstimateRow, i64)>> = BTreeMap::new();
+        let mut latest: BTreeMap<(i32, u32), BTreeMap<RowId, (EstimateRow, i64)>> = BTreeMap::new();
         for b in lake.read("estimates", None).map_err(lake_err)? {
-            for (r, at) in rows_from_batch(&b) {
-                let year = latest.entry(r.date.year()).or_default();
-                let key = r.key();
-                if year.get(&key).is_none_or(|(old, _)| old.revision <= r.revision) {
-                    year.insert(key, (r, at));
+            for (r, at) in rows_from_batch(&b).map_err(crate::processor::PipelineError::Lake)? {
+                let month = latest.entry((r.date.year(), r.date.month())).or_default();
+                let id = row_id(&r);
+                if month.get(&id).is_none_or(|(old, _)| old.revision <= r.revision) {
+                    month.insert(id, (r, at));
                 }
             }
         }
@@ -105,38 +105,30 @@ impl LakeSink {
             .map_err(lake_err)
     }
 
-    /// Published rows of one flush: appended to `estimates` by month, merged into `estimates_latest`.
+    /// Published rows of one flush: appended to `estimates` and merged into
+    /// `estimates_latest`, both by month; only the months that changed are written.
     pub fn published(&mut self, rows: &[EstimateRow], computed_at: DateTime<Utc>, commit: u64) {
         let mut by_month: BTreeMap<(i32, u32), Vec<EstimateRow>> = BTreeMap::new();
         for r in rows {
-            by_month.entry((r.date.year(), r.date.month())).or_default().push(r.clone());
-            self.latest.entry(r.date.year()).or_default().insert(r.key(), (r.clone(), computed_at.timestamp_micros()));
+            let month = (r.date.year(), r.date.month());
+            by_month.entry(month).or_default().push(r.clone());
+            self.latest.entry(month).or_default().insert(row_id(r), (r.clone(), computed_at.timestamp_micros()));
         }
         for ((y, m), rows) in by_month {
+            let partition = vec![("year".to_string(), y.to_string()), ("month".to_string(), format!("{m:02}"))];
             self.pending.push(FileWrite {
                 table: "estimates".into(),
-                partition: vec![("year".into(), y.to_string()), ("month".into(), format!("{m:02}"))],
+                partition: partition.clone(),
                 file_name: format!("part-{commit:010}.parquet"),
                 batch: to_batch(&rows, computed_at),
             });
-        }
-        let years: BTreeSet<i32> = rows.iter().map(|r| r.date.year()).collect();
-        for y in years {
-            let mut all: Vec<&(EstimateRow, i64)> = self.latest[&y].values().collect();
-            all.sort_by(|a, b| (a.0.date, &a.0.province, &a.0.sector).cmp(&(b.0.date, &b.0.province, &b.0.sector)));
-            let rows: Vec<EstimateRow> = all.iter().map(|x| x.0.clone()).collect();
-            let mut batch = to_batch(&rows, computed_at);
             // Each row keeps the time of its own vintage.
-            let at = TimestampMicrosecondArray::from(all.iter().map(|x| x.1).collect::<Vec<_>>()).with_timezone("UTC");
-            let idx = batch.schema().index_of("computed_at").expect("column");
-            let mut cols = batch.columns().to_vec();
-            cols[idx] = Arc::new(at);
-            batch = RecordBatch::try_new(batch.schema(), cols).expect("schema");
+            let (latest, at): (Vec<EstimateRow>, Vec<i64>) = self.latest[&(y, m)].values().cloned().unzip();
             self.pending.push(FileWrite {
                 table: "estimates_latest".into(),
-                partition: vec![("year".into(), y.to_string())],
+                partition,
                 file_name: "data.parquet".into(),
-                batch,
+                batch: to_batch_at(&latest, at),
             });
         }
     }
@@ -348,28 +340,32 @@ impl ComparisonBuilders {
     }
 }
 
+/// A row's identity, ordered as the files are: by date, then province and sector.
+type RowId = (NaiveDate, String, String);
+
+fn row_id(r: &EstimateRow) -> RowId {
+    (r.date, r.province.clone(), r.sector.clone())
+}
+
 /// Rows back from an `estimates` batch (with each row's `computed_at`, µs).
-pub fn rows_from_batch(b: &RecordBatch) -> Vec<(EstimateRow, i64)> {
-    fn col<'a, T: 'static>(b: &'a RecordBatch, n: &str) -> &'a T {
-        b.column_by_name(n).and_then(|c| c.as_any().downcast_ref::<T>()).unwrap_or_else(|| panic!("lake estimates: column {n}"))
+pub fn rows_from_batch(b: &RecordBatch) -> Result<Vec<(EstimateRow, i64)>, String> {
+    fn col<'a, T: 'static>(b: &'a RecordBatch, n: &str) -> Result<&'a T, String> {
+        b.column_by_name(n).and_then(|c| c.as_any().downcast_ref::<T>()).ok_or_else(|| format!("estimates: column `{n}` missing or mistyped"))
     }
-    let date = col::<Date32Array>(b, "date");
+    let date = col::<Date32Array>(b, "date")?;
     let s = |n| col::<StringArray>(b, n);
     let f = |n| col::<Float64Array>(b, n);
-    let (prov, sec, src, prox, ver) = (s("province"), s("sector"), s("source_type"), s("proxies"), s("model_version"));
-    let (v, p2, p5, p50, p95, p97, cov) = (f("value_mtco2"), f("p2_5"), f("p5"), f("p50"), f("p95"), f("p97_5"), f("coverage"));
-    let base = col::<Int32Array>(b, "base_year");
-    let rev = col::<UInt32Array>(b, "revision");
-    let at = col::<TimestampMicrosecondArray>(b, "computed_at");
+    let (prov, sec, src, prox, ver) = (s("province")?, s("sector")?, s("source_type")?, s("proxies")?, s("model_version")?);
+    let (v, p2, p5, p50, p95, p97, cov) = (f("value_mtco2")?, f("p2_5")?, f("p5")?, f("p50")?, f("p95")?, f("p97_5")?, f("coverage")?);
+    let base = col::<Int32Array>(b, "base_year")?;
+    let rev = col::<UInt32Array>(b, "revision")?;
+    let at = col::<TimestampMicrosecondArray>(b, "computed_at")?;
     let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid");
     (0..b.num_rows())
         .map(|i| {
-            let source_type = match src.value(i) {
-                "nowcast" => SourceType::Nowcast,
-                "gap_filled" => SourceType::GapFilled,
-                _ => SourceType::Proxy,
-            };
-            (
+            let source_type =
+                SourceType::parse(src.value(i)).ok_or_else(|| format!("estimates: unknown source_type `{}`", src.value(i)))?;
+            Ok((
                 EstimateRow {
                     date: epoch + chrono::Duration::days(date.value(i) as i64),
                     province: prov.value(i).to_string(),
@@ -388,7 +384,7 @@ pub fn rows_from_batch(b: &RecordBatch) -> Vec<(EstimateRow, i64)> {
                     revision: rev.value(i),
                 },
                 at.value(i),
-            )
+            ))
         })
         .collect()
 }

@@ -198,6 +198,44 @@ struct YearCache {
     provinces: BTreeMap<Province, ProvinceYear>,
 }
 
+impl YearCache {
+    /// Estimated totals of the year against the inventory: per province and sector, per
+    /// province (sectors with an inventory value), and national (`national` band).
+    fn comparison(&self, inv: &co2cast_model::inventory::InventoryPanel, year: i32, national: &Band, base_year: i32) -> Vec<crate::lake::ComparisonLine> {
+        let line = |province: &str, sector: &str, band: Band, inventory_mtco2: f64| crate::lake::ComparisonLine {
+            province: province.into(),
+            sector: sector.into(),
+            band,
+            inventory_mtco2,
+            base_year,
+        };
+        let mut lines = Vec::new();
+        let mut nat_inv = 0.0;
+        for (p, py) in &self.provinces {
+            let mut prov_central = 0.0;
+            let mut prov_members: Vec<f64> = Vec::new();
+            let mut prov_inv = 0.0;
+            for (s, central, members) in &py.sector_totals {
+                prov_central += central;
+                prov_members.resize(members.len(), 0.0);
+                prov_members.iter_mut().zip(members).for_each(|(a, b)| *a += b);
+                if let Some(v) = inv.sector(*p, *s, year) {
+                    prov_inv += v;
+                    lines.push(line(p.iso_code(), s.as_str(), Band::from_members(*central, members), v));
+                }
+            }
+            if prov_inv > 0.0 {
+                nat_inv += prov_inv;
+                lines.push(line(p.iso_code(), "all", Band::from_members(prov_central, &prov_members), prov_inv));
+            }
+        }
+        if nat_inv > 0.0 {
+            lines.push(line("CN", "all", *national, nat_inv));
+        }
+        lines
+    }
+}
+
 impl Processor {
     pub fn new(cfg: ProcessorConfig, history: Dataset) -> Result<Processor, PipelineError> {
         cfg.topics.check().map_err(PipelineError::Config)?;
@@ -432,6 +470,7 @@ impl Processor {
         on_progress: &mut dyn FnMut(&crate::checkpoint::Counters),
     ) -> Result<bool, PipelineError> {
         let now = self.now();
+        let received_at = Utc::now();
         if !batch.entries.is_empty() && self.oldest_unflushed.is_none() {
             self.oldest_unflushed = batch.first_polled.or(Some(Instant::now()));
         }
@@ -444,7 +483,7 @@ impl Processor {
                 self.record_offset(&batch.entries[start], next);
                 run = None;
             }
-            self.handle(now, &e.topic, e.partition, e.offset, batch.key(e), batch.payload(e))?;
+            self.handle(now, received_at, e, batch.key(e), batch.payload(e))?;
             run = Some((run.map_or(i, |r| r.0), e.offset + 1));
             if self.since_flush >= self.cfg.checkpoint_every_messages {
                 if let Some((start, next)) = run.take() {
@@ -475,15 +514,16 @@ impl Processor {
         *slot = (*slot).max(next);
     }
 
+    /// `now` is the reference time of validation; `received_at` the wall clock of the batch.
     fn handle(
         &mut self,
         now: DateTime<Utc>,
-        topic: &str,
-        partition: i32,
-        offset: i64,
+        received_at: DateTime<Utc>,
+        e: &crate::source::BatchEntry,
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
     ) -> Result<(), PipelineError> {
+        let (topic, partition, offset) = (&*e.topic, e.partition, e.offset);
         let c = &mut self.ckpt.counters;
         c.received += 1;
         self.since_flush += 1;
@@ -500,15 +540,6 @@ impl Processor {
         match result {
             Ok(v) => {
                 c.accepted += 1;
-                if let Some(l) = &mut self.lake {
-                    l.accepted.push(crate::lake::AcceptedProxy {
-                        proxy: v.clone(),
-                        topic: Arc::from(topic),
-                        partition,
-                        offset,
-                        received_at: Utc::now(),
-                    });
-                }
                 let up = self.ckpt.state.upsert(&v);
                 match up {
                     co2cast_ingest::Upsert::Revised { .. } => c.revisions += 1,
@@ -534,6 +565,9 @@ impl Processor {
                         }
                         self.last_dirty = Some((y, v.scope));
                     }
+                }
+                if let Some(l) = &mut self.lake {
+                    l.accepted.push(crate::lake::AcceptedProxy { proxy: v, topic: e.topic.clone(), partition, offset, received_at });
                 }
                 Ok(())
             }
@@ -747,52 +781,8 @@ impl Processor {
                 }
             }
             // A complete year with a yearbook value: compare.
-            let cache = &self.cache[&year];
             if through.month() == 12 && through.day() == 31 && !changed.is_empty() {
-                let inv = &self.history.inventory;
-                let mut lines = Vec::new();
-                let mut nat_inv = 0.0;
-                for (p, py) in &cache.provinces {
-                    let mut prov_central = 0.0;
-                    let mut prov_members = vec![0.0; settings.members];
-                    let mut prov_inv = 0.0;
-                    for (s, central, members) in &py.sector_totals {
-                        prov_central += central;
-                        for (a, b) in prov_members.iter_mut().zip(members) {
-                            *a += b;
-                        }
-                        if let Some(v) = inv.sector(*p, *s, year) {
-                            prov_inv += v;
-                            lines.push(crate::lake::ComparisonLine {
-                                province: p.iso_code().into(),
-                                sector: s.as_str().into(),
-                                band: Band::from_members(*central, members),
-                                inventory_mtco2: v,
-                                base_year: last_inv,
-                            });
-                        }
-                    }
-                    if prov_inv > 0.0 {
-                        nat_inv += prov_inv;
-                        lines.push(crate::lake::ComparisonLine {
-                            province: p.iso_code().into(),
-                            sector: "all".into(),
-                            band: Band::from_members(prov_central, &prov_members),
-                            inventory_mtco2: prov_inv,
-                            base_year: last_inv,
-                        });
-                    }
-                }
-                if nat_inv > 0.0 {
-                    let band = self.national[&year].band;
-                    lines.push(crate::lake::ComparisonLine {
-                        province: "CN".into(),
-                        sector: "all".into(),
-                        band,
-                        inventory_mtco2: nat_inv,
-                        base_year: last_inv,
-                    });
-                }
+                let lines = self.cache[&year].comparison(&self.history.inventory, year, &self.national[&year].band, last_inv);
                 lake.comparison(year, &lines, at);
             }
         }

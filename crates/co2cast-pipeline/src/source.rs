@@ -72,7 +72,6 @@ pub struct GroupContext {
     pub assigned: AtomicUsize,
     /// Partitions of all proxy topics (known at start).
     pub total_partitions: AtomicUsize,
-    pub rebalances: AtomicUsize,
     /// When partitions were last assigned: input cannot be called quiet before they had time to deliver.
     assigned_at: Mutex<Option<Instant>>,
 }
@@ -83,7 +82,6 @@ impl GroupContext {
             positions,
             assigned: AtomicUsize::new(0),
             total_partitions: AtomicUsize::new(0),
-            rebalances: AtomicUsize::new(0),
             assigned_at: Mutex::new(None),
         }
     }
@@ -103,7 +101,6 @@ impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        self.rebalances.fetch_add(1, Ordering::Relaxed);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let elems: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();

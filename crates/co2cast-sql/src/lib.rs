@@ -38,7 +38,7 @@ impl Default for SqlLimits {
 /// Tables of the lake and their Hive partition columns.
 pub const TABLES: [(&str, &[&str]); 6] = [
     ("estimates", &["year", "month"]),
-    ("estimates_latest", &["year"]),
+    ("estimates_latest", &["year", "month"]),
     ("estimate_ensemble", &["year", "month"]),
     ("proxies", &["year", "month"]),
     ("comparison", &["year"]),
