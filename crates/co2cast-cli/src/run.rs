@@ -86,7 +86,8 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     // The SQL endpoint, while the job runs (and after, until interrupted).
     let sql_thread = match (&cfg.lake_dir, a.no_sql) {
         (Some(lake), false) => {
-            let sc = a.sql.config();
+            let sc = a.sql.config()?;
+            sc.validate().map_err(|e| format!("SQL endpoint: {e}"))?;
             std::net::TcpListener::bind((sc.host.as_str(), sc.port))
                 .map_err(|e| format!("SQL endpoint {}:{}: {e} (choose another with --sql-port, or --no-sql)", sc.host, sc.port))?;
             let (lake, stop) = (lake.clone(), stop.clone());

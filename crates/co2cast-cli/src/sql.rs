@@ -53,17 +53,47 @@ pub struct SqlFlags {
     /// Concurrent connections at most.
     #[arg(long, default_value_t = 32)]
     pub max_connections: usize,
+    /// User name clients must log in with once a password is set.
+    #[arg(long, default_value = "co2cast")]
+    pub sql_user: String,
+    /// File holding the SQL password (first line). Turns on SCRAM-SHA-256 authentication;
+    /// so does the CO2CAST_SQL_PASSWORD environment variable. Without either, any user and
+    /// database name are accepted.
+    #[arg(long)]
+    pub sql_password_file: Option<PathBuf>,
+    /// PEM certificate chain for TLS; the endpoint then accepts TLS connections only.
+    #[arg(long, requires = "sql_tls_key")]
+    pub sql_tls_cert: Option<PathBuf>,
+    /// PEM private key of --sql-tls-cert.
+    #[arg(long, requires = "sql_tls_cert")]
+    pub sql_tls_key: Option<PathBuf>,
 }
 
 impl SqlFlags {
-    pub fn config(&self) -> SqlServerConfig {
-        SqlServerConfig {
+    pub fn config(&self) -> Result<SqlServerConfig, String> {
+        let password = match &self.sql_password_file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| format!("--sql-password-file {}: {e}", p.display()))?;
+                let first = text.lines().next().unwrap_or("").to_string();
+                if first.is_empty() {
+                    return Err(format!("--sql-password-file {}: the first line is empty", p.display()));
+                }
+                Some(first)
+            }
+            None => std::env::var("CO2CAST_SQL_PASSWORD").ok().filter(|p| !p.is_empty()),
+        };
+        Ok(SqlServerConfig {
             host: self.sql_host.clone(),
             port: self.sql_port,
             max_connections: self.max_connections,
             query_timeout_ms: self.query_timeout_ms,
             memory_limit_mb: self.query_memory_mb,
-        }
+            auth: password.map(|password| co2cast_sql::server::SqlAuth { user: self.sql_user.clone(), password }),
+            tls: match (&self.sql_tls_cert, &self.sql_tls_key) {
+                (Some(c), Some(k)) => Some(co2cast_sql::server::SqlTls { cert_path: c.clone(), key_path: k.clone() }),
+                _ => None,
+            },
+        })
     }
 }
 
@@ -176,8 +206,22 @@ pub fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         let stop = stop.clone();
         ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed)).map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
     }
-    let cfg = a.sql.config();
-    eprintln!("co2cast: SQL (PostgreSQL wire) on {}:{} over {}; e.g. psql -h {} -p {} -c 'SELECT * FROM estimates_latest LIMIT 5'", cfg.host, cfg.port, a.lake.display(), cfg.host, cfg.port);
+    let cfg = a.sql.config()?;
+    cfg.validate().map_err(|e| format!("SQL endpoint: {e}"))?;
+    let login = match (&cfg.auth, &cfg.tls) {
+        (Some(u), Some(_)) => format!(" -U {} 'sslmode=require'", u.user),
+        (Some(u), None) => format!(" -U {}", u.user),
+        (None, Some(_)) => " 'sslmode=require'".into(),
+        (None, None) => String::new(),
+    };
+    eprintln!(
+        "co2cast: SQL (PostgreSQL wire) on {}:{} over {}; e.g. psql -h {} -p {}{login} -c 'SELECT * FROM estimates_latest LIMIT 5'",
+        cfg.host,
+        cfg.port,
+        a.lake.display(),
+        cfg.host,
+        cfg.port
+    );
     runtime()?.block_on(serve_lake(a.lake, cfg, stop))?;
     Ok(())
 }

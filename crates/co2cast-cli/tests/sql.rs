@@ -68,26 +68,49 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A psql connection: user, password (None: no PGPASSWORD) and sslmode.
+struct Login<'a> {
+    user: &'a str,
+    password: Option<&'a str>,
+    sslmode: &'a str,
+}
+
+const OPEN: Login = Login { user: "analyst", password: None, sslmode: "disable" };
+
 fn psql(port: u16, sql: &str) -> std::process::Output {
-    Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "analyst", "-d", "co2cast", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .env("PGCONNECT_TIMEOUT", "5")
-        .output()
-        .expect("psql (Debian postgresql-client) must be installed; see the README")
+    psql_as(port, &OPEN, sql)
+}
+
+fn psql_as(port: u16, login: &Login, sql: &str) -> std::process::Output {
+    let conninfo = format!("host=127.0.0.1 port={port} user={} dbname=co2cast sslmode={}", login.user, login.sslmode);
+    let mut cmd = Command::new("psql");
+    cmd.args(["-X", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1", "-c", sql, &conninfo]).env("PGCONNECT_TIMEOUT", "5").env_remove("PGPASSWORD");
+    if let Some(p) = login.password {
+        cmd.env("PGPASSWORD", p);
+    }
+    cmd.output().expect("psql (Debian postgresql-client) must be installed; see the README")
 }
 
 fn serve() -> Server {
+    serve_with(&[], &OPEN)
+}
+
+/// `co2cast serve` with `extra` flags, ready once `login` can run a query.
+fn serve_with(extra: &[&str], login: &Login) -> Server {
     let port = free_port();
     let child = Command::new(BIN)
         .args(["serve", "--sql-port", &port.to_string(), "--query-timeout-ms", "20000", "--lake"])
         .arg(&lake().dir)
+        .args(extra)
+        .env_remove("CO2CAST_SQL_PASSWORD")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let server = Server(child, port);
+    let mut server = Server(child, port);
     let t = std::time::Instant::now();
-    while !psql(port, "SELECT 1").status.success() {
+    while !psql_as(port, login, "SELECT 1").status.success() {
+        assert!(server.0.try_wait().unwrap().is_none(), "co2cast serve exited");
         assert!(t.elapsed().as_secs() < 60, "the SQL endpoint did not come up");
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
@@ -257,4 +280,120 @@ fn export_writes_csv_and_parquet_slices() {
     assert!(std::fs::metadata(&pq).unwrap().len() > 1000);
     let bad = Command::new(BIN).args(["export", "--from", "2019-01-01", "--to", "2019-12-31", "--provinces", "Atlantis", "--format", "csv", "--out", "/tmp/x.csv", "--lake"]).arg(&lake().dir).output().unwrap();
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("unknown province"));
+}
+
+/// A self-signed certificate and its key, made with the openssl command line.
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl must be installed");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (cert, key)
+}
+
+#[test]
+fn password_authentication_and_tls_fail_closed() {
+    let dir = std::env::temp_dir().join(format!("co2cast-sql-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = self_signed(&dir);
+    let password_file = dir.join("password");
+    std::fs::write(&password_file, "s3cret-Пароль\n").unwrap();
+    let lake = lake().dir.to_str().unwrap().to_string();
+
+    // A certificate that cannot be loaded stops the server before it listens.
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n").unwrap();
+    for (c, k) in [(&garbage, &key), (&cert, &garbage), (&cert, &dir.join("missing.pem"))] {
+        let port = free_port();
+        let out = Command::new(BIN)
+            .args(["serve", "--lake", &lake, "--sql-port", &port.to_string(), "--sql-tls-cert", c.to_str().unwrap(), "--sql-tls-key", k.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("TLS"), "bad TLS files must stop the server: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "nothing may listen after a TLS failure");
+    }
+    // The same failure in `run`, before any work is done.
+    let out = Command::new(BIN)
+        .args(["run", "--exit-when-idle", "--quiet", "--lake"])
+        .arg(dir.join("run-lake"))
+        .args(["--sql-tls-cert", garbage.to_str().unwrap(), "--sql-tls-key", key.to_str().unwrap(), "--sql-port", &free_port().to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("TLS"));
+    assert!(!dir.join("run-lake").exists(), "run must fail before writing a lake");
+
+    let good = Login { user: "co2cast", password: Some("s3cret-Пароль"), sslmode: "require" };
+    let s = serve_with(
+        &["--sql-password-file", password_file.to_str().unwrap(), "--sql-tls-cert", cert.to_str().unwrap(), "--sql-tls-key", key.to_str().unwrap()],
+        &good,
+    );
+    let out = psql_as(s.1, &good, "SELECT count(*) FROM estimates_latest");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(f(&Value::String(String::from_utf8_lossy(&out.stdout).trim().into())) > 0.0);
+
+    refused_at(s.1, Login { password: Some("wrong"), ..good }, "password authentication failed");
+    refused_at(s.1, Login { user: "someone", ..good }, "password authentication failed");
+    refused_at(s.1, Login { password: None, ..good }, "password");
+    refused_at(s.1, Login { sslmode: "disable", ..good }, "TLS connections only");
+    drop(s);
+
+    // Without TLS the password is still required; the environment variable works too.
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["serve", "--lake", &lake, "--sql-port", &port.to_string(), "--sql-user", "analyst", "--max-connections", "1"])
+        .env("CO2CAST_SQL_PASSWORD", "from-env")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let s = Server(child, port);
+    let plain = Login { user: "analyst", password: Some("from-env"), sslmode: "disable" };
+    let t = std::time::Instant::now();
+    while !psql_as(port, &plain, "SELECT 1").status.success() {
+        assert!(t.elapsed().as_secs() < 60, "the SQL endpoint did not come up");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    refused_at(port, Login { password: Some("nope"), ..plain }, "password authentication failed");
+
+    // Connection limit: a second client is refused while the first is connected.
+    let conninfo = format!("host=127.0.0.1 port={port} user=analyst dbname=co2cast sslmode=disable");
+    let mut held = Command::new("psql")
+        .args(["-X", "-q", &conninfo])
+        .env("PGPASSWORD", "from-env")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    loop {
+        let out = psql_as(port, &plain, "SELECT 1");
+        if !out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stderr).contains("too many connections"), "{}", String::from_utf8_lossy(&out.stderr));
+            break;
+        }
+        assert!(t.elapsed().as_secs() < 30, "the held connection never counted against the limit");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    drop(held.stdin.take());
+    held.wait().unwrap();
+    let t = std::time::Instant::now();
+    while !psql_as(port, &plain, "SELECT 1").status.success() {
+        assert!(t.elapsed().as_secs() < 30, "the connection slot was not released");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn refused_at(port: u16, login: Login, why: &str) {
+    let out = psql_as(port, &login, "SELECT 1");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.to_lowercase().contains(&why.to_lowercase()), "expected `{why}`, got: {err}");
 }
