@@ -4,6 +4,7 @@ mod backtest;
 mod config;
 mod estimate;
 mod produce;
+mod plot;
 mod run;
 mod sql;
 
@@ -36,6 +37,10 @@ enum Command {
     Serve(sql::ServeArgs),
     /// Export daily estimates for a period to Parquet or CSV.
     Export(sql::ExportArgs),
+    /// Draw the daily series of a province and sector with its band and the inventory years (PNG or SVG).
+    Plot(plot::PlotArgs),
+    /// Write an HTML report of a year's estimates against the inventory, with charts.
+    Report(plot::ReportArgs),
     /// Print the default model settings as JSON (edit and pass with --model-config).
     ModelConfig,
     /// Rebuild the bundled extract in data/ from the raw public sources.
@@ -63,6 +68,8 @@ fn main() -> ExitCode {
         Command::Query(args) => sql::query(args),
         Command::Serve(args) => sql::serve(args),
         Command::Export(args) => sql::export(args),
+        Command::Plot(args) => plot::plot(args),
+        Command::Report(args) => plot::report(args),
         Command::Estimate(args) => estimate::run(args),
         Command::Extract { shared, out } => extract(&shared, &out),
         Command::ModelConfig => serde_json::to_string_pretty(&co2cast_model::calibration::ModelConfig::default())

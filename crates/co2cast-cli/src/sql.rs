@@ -133,7 +133,7 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn std::error::Error>> 
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("co2cast-sql").build()?)
 }
 
-async fn lake_session(lake: &Path, limits: &co2cast_sql::SqlLimits) -> Result<SessionContext, Box<dyn std::error::Error>> {
+pub(crate) async fn lake_session(lake: &Path, limits: &co2cast_sql::SqlLimits) -> Result<SessionContext, Box<dyn std::error::Error>> {
     if !lake.join(co2cast_lake::MANIFEST).exists() {
         return Err(format!("{} is not a co2cast lake (no {}); `co2cast run` writes one", lake.display(), co2cast_lake::MANIFEST).into());
     }
@@ -226,7 +226,7 @@ pub fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn sql_list(v: &[String]) -> Result<String, String> {
+pub(crate) fn sql_list(v: &[String]) -> Result<String, String> {
     let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if let Some(bad) = v.iter().find(|s| !ok(s)) {
         return Err(format!("`{bad}` is not a province code or sector name"));

@@ -397,3 +397,51 @@ fn refused_at(port: u16, login: Login, why: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.to_lowercase().contains(&why.to_lowercase()), "expected `{why}`, got: {err}");
 }
+
+#[test]
+fn plot_and_report_draw_what_the_lake_holds() {
+    let dir = std::env::temp_dir().join(format!("co2cast-plot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lake = lake().dir.to_str().unwrap().to_string();
+    let plot = |province: &str, sector: &str, out: &Path| {
+        Command::new(BIN)
+            .args(["plot", "--lake", &lake, "--province", province, "--sector", sector, "--from", "2019-01-01", "--to", "2019-12-31", "--out"])
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let svg = dir.join("gd.svg");
+    let out = plot("CN-GD", "power", &svg);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg") && text.contains("CN-GD power") && text.contains("<polygon"), "series, band and title");
+    assert!(text.contains("inventory (CEADs"), "the inventory year is marked");
+    let png = dir.join("cn.png");
+    let out = plot("CN", "all", &png);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000);
+
+    // Mistakes are messages, not panics.
+    for (province, out, why) in [("CN-GD", dir.join("x.gif"), ".png or .svg"), ("CN-XX", dir.join("x.svg"), "no estimates"), ("CN'--", dir.join("x.svg"), "not a province")] {
+        let o = plot(province, "all", &out);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(why) && !err.contains("panicked"), "{province}: {err}");
+    }
+
+    let report = dir.join("report");
+    let out = Command::new(BIN).args(["report", "--lake", &lake, "--year", "2019", "--out"]).arg(&report).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    let lines = query_json("SELECT province, sector, estimate_mtco2 FROM comparison WHERE year = 2019");
+    assert!(!lines.is_empty());
+    assert_eq!(html.matches("<tr class=").count(), lines.iter().filter(|l| l["province"] != "CN").count(), "one table row per province and province-sector");
+    let national = lines.iter().find(|l| l["province"] == "CN" && l["sector"] == "all").expect("a national comparison line");
+    assert!(html.contains(&format!("<b>{:.0} MtCO2</b>", f(&national["estimate_mtco2"]))), "the national estimate is quoted");
+    assert_eq!(html.matches("<svg").count(), 2, "the national series and the provinces chart");
+    let csv = std::fs::read_to_string(report.join("comparison.csv")).unwrap();
+    assert_eq!(csv.lines().count(), lines.len() + 1);
+    let o = Command::new(BIN).args(["report", "--lake", &lake, "--year", "1990", "--out"]).arg(dir.join("none")).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no comparison for 1990"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -181,15 +181,16 @@ pub fn date32(d: NaiveDate) -> i32 {
     (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid")).num_days() as i32
 }
 
-/// One JSON object per row of the batch, in row order.
-pub fn batch_to_json_lines(batch: &RecordBatch) -> Vec<Vec<u8>> {
+/// One JSON object per row of the batch, in row order. Errors are arrow's (an unsupported
+/// type or time zone).
+pub fn batch_to_json_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>, arrow::error::ArrowError> {
     let mut buf = Vec::new();
     {
         let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
-        w.write(batch).expect("in-memory JSON encoding cannot fail");
-        w.finish().expect("in-memory JSON encoding cannot fail");
+        w.write(batch)?;
+        w.finish()?;
     }
-    buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| l.to_vec()).collect()
+    Ok(buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| l.to_vec()).collect())
 }
 
 /// What has been published: per key, the last revision and its fingerprint.

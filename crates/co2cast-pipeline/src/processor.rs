@@ -102,6 +102,9 @@ pub enum PipelineError {
     Config(String),
     #[error("lake: {0}")]
     Lake(String),
+    /// A defect of co2cast itself.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 fn kafka(context: &str) -> impl Fn(rdkafka::error::KafkaError) -> PipelineError + '_ {
@@ -794,7 +797,8 @@ impl Processor {
         c.estimate_revisions_published += changed.iter().filter(|r| r.revision > 0).count() as u64;
         let keys: Vec<String> = changed.iter().map(|r| r.key()).collect();
         let batch = to_batch(&changed, self.flush_started_at);
-        for (k, json) in keys.iter().zip(batch_to_json_lines(&batch)) {
+        let lines = batch_to_json_lines(&batch).map_err(|e| PipelineError::Internal(format!("encoding estimates as JSON: {e}")))?;
+        for (k, json) in keys.iter().zip(lines) {
             let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.cfg.topics.estimates_daily).key(k.as_bytes()).payload(&json);
             self.send(rec)?;
         }
