@@ -47,7 +47,11 @@ pub const TABLES: [(&str, &[&str]); 6] = [
 
 /// A session over the lake at `dir`: every table present is registered.
 pub async fn session(dir: &Path, limits: &SqlLimits) -> DfResult<SessionContext> {
-    let runtime = RuntimeEnvBuilder::new().with_memory_limit(limits.memory_limit_bytes, 1.0).build_arc()?;
+    // DataFusion caches directory listings forever by default; the pipeline adds and replaces
+    // files while the session is open, so list on every query (footers stay cached: that
+    // cache checks each file's size and modification time).
+    let caches = datafusion::execution::cache::cache_manager::CacheManagerConfig::default().with_list_files_cache(None).with_list_files_cache_limit(0);
+    let runtime = RuntimeEnvBuilder::new().with_memory_limit(limits.memory_limit_bytes, 1.0).with_cache_manager(caches).build_arc()?;
     let config = SessionConfig::new()
         .with_target_partitions(limits.target_partitions.max(1))
         .with_information_schema(true)
