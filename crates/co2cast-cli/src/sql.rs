@@ -253,13 +253,17 @@ pub fn export(a: ExportArgs) -> Result<(), Box<dyn std::error::Error>> {
     sql += " ORDER BY date, province, sector, revision";
     runtime()?.block_on(async {
         let ctx = lake_session(&a.lake, &co2cast_sql::SqlLimits::default()).await?;
-        let df = ctx.sql(&sql).await?;
-        let opts = DataFrameWriteOptions::new().with_single_file_output(true);
         let out = a.out.to_string_lossy().to_string();
-        let written = match a.format {
-            ExportFormat::Parquet => df.write_parquet(&out, opts, None).await?,
-            ExportFormat::Csv => df.write_csv(&out, opts, None).await?,
-        };
+        // Written again if the lake changed meanwhile, so the file holds one commit's rows.
+        let written = co2cast_sql::snapshot::consistent(Some(&a.lake), || async {
+            let df = ctx.sql(&sql).await?;
+            let opts = DataFrameWriteOptions::new().with_single_file_output(true);
+            match a.format {
+                ExportFormat::Parquet => df.write_parquet(&out, opts, None).await,
+                ExportFormat::Csv => df.write_csv(&out, opts, None).await,
+            }
+        })
+        .await?;
         let rows: u64 = written
             .iter()
             .filter_map(|b| b.column(0).as_any().downcast_ref::<arrow::array::UInt64Array>().map(|c| c.value(0)))

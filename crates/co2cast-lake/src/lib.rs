@@ -28,6 +28,28 @@ use std::path::{Path, PathBuf};
 
 pub const MANIFEST: &str = "_manifest.json";
 pub const MANIFEST_VERSION: u32 = 1;
+/// Present while a writer changes files (from before the first file until after the
+/// manifest), so that a reader can tell that what it read may mix two commits.
+pub const WRITING: &str = "_writing";
+/// Locked exclusively by a writer for each change, shared by a reader that must not overlap one.
+pub const LOCK: &str = "_lock";
+
+/// Holds the lake's lock (shared for a reader) until dropped.
+pub struct LakeLock(#[allow(dead_code)] std::fs::File);
+
+impl LakeLock {
+    fn take(root: &Path, exclusive: bool) -> Result<LakeLock, LakeError> {
+        let p = root.join(LOCK);
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(io(&p))?;
+        if exclusive { f.lock() } else { f.lock_shared() }.map_err(io(&p))?;
+        Ok(LakeLock(f))
+    }
+
+    /// Waits until no writer is changing the lake, and keeps writers out while held.
+    pub fn shared(root: &Path) -> Result<LakeLock, LakeError> {
+        LakeLock::take(root, false)
+    }
+}
 /// Rows per row group: large enough for scans, small enough to prune by statistics.
 pub const ROW_GROUP_ROWS: usize = 256 * 1024;
 
@@ -116,6 +138,8 @@ impl Lake {
         if files.is_empty() {
             return Ok(());
         }
+        let _lock = LakeLock::take(&self.root, true)?;
+        self.begin(commit)?;
         for f in &files {
             let rel = f.relative_path();
             let bytes = write_parquet_atomic(&self.root.join(&rel), &f.batch)?;
@@ -127,7 +151,21 @@ impl Lake {
         self.manifest.version = MANIFEST_VERSION;
         self.manifest.commit = self.manifest.commit.max(commit);
         self.manifest.committed_at = Some(committed_at.to_string());
-        self.save_manifest()
+        self.save_manifest()?;
+        self.end()
+    }
+
+    fn begin(&self, commit: u64) -> Result<(), LakeError> {
+        write_atomic(&self.root.join(WRITING), commit.to_string().as_bytes())
+    }
+
+    fn end(&self) -> Result<(), LakeError> {
+        let p = self.root.join(WRITING);
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(LakeError::Io { path: p, source: e }),
+        }
     }
 
     fn save_manifest(&self) -> Result<(), LakeError> {
@@ -137,8 +175,21 @@ impl Lake {
     }
 
     /// Removes the files of commits after `commit` (written, but their checkpoint never was).
+    /// The manifest drops them first, so a reader sees the lake change before files vanish.
     pub fn rollback_after(&mut self, commit: u64) -> Result<usize, LakeError> {
-        let doomed: Vec<String> = self.manifest.files.iter().filter(|(_, e)| e.commit > commit).map(|(k, _)| k.clone()).collect();
+        // Files a crash left unrecorded (written before a manifest save, or dropped from it but not yet removed).
+        let _lock = LakeLock::take(&self.root, true)?;
+        let mut doomed = self.unrecorded_files()?;
+        self.begin(commit)?;
+        let unchecked: Vec<String> = self.manifest.files.iter().filter(|(_, e)| e.commit > commit).map(|(k, _)| k.clone()).collect();
+        if !unchecked.is_empty() {
+            for rel in &unchecked {
+                self.manifest.files.remove(rel);
+            }
+            self.manifest.commit = commit;
+            self.save_manifest()?;
+        }
+        doomed.extend(unchecked);
         for rel in &doomed {
             let p = self.root.join(rel);
             match std::fs::remove_file(&p) {
@@ -146,13 +197,36 @@ impl Lake {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(LakeError::Io { path: p, source: e }),
             }
-            self.manifest.files.remove(rel);
         }
-        if !doomed.is_empty() {
-            self.manifest.commit = commit;
-            self.save_manifest()?;
-        }
+        // Also clears the marker of a writer that crashed mid-commit.
+        self.end()?;
         Ok(doomed.len())
+    }
+
+    /// Parquet files under the lake that the manifest does not record.
+    fn unrecorded_files(&self) -> Result<Vec<String>, LakeError> {
+        fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<(), LakeError> {
+            let rd = match std::fs::read_dir(dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(LakeError::Io { path: dir.to_path_buf(), source: e }),
+            };
+            for entry in rd {
+                let entry = entry.map_err(io(dir))?;
+                let name = entry.file_name().to_string_lossy().to_string();
+                let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+                let ty = entry.file_type().map_err(io(dir))?;
+                if ty.is_dir() {
+                    walk(&entry.path(), &child, out)?;
+                } else if name.ends_with(".parquet") && !name.starts_with('.') {
+                    out.push(child);
+                }
+            }
+            Ok(())
+        }
+        let mut all = Vec::new();
+        walk(&self.root, "", &mut all)?;
+        Ok(all.into_iter().filter(|rel| !self.manifest.files.contains_key(rel)).collect())
     }
 
     /// Every batch of one table (optionally under one partition directory, e.g. `year=2019`).
@@ -265,6 +339,32 @@ mod tests {
         // No temporary file is left behind.
         let leftovers: Vec<_> = std::fs::read_dir(dir.join("t/year=2019/month=01")).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
         assert!(leftovers.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn rollback_removes_unchecked_commits_and_files_a_crash_left_unrecorded() {
+        let dir = std::env::temp_dir().join(format!("co2cast-lake-rollback-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut lake = Lake::open(&dir).unwrap();
+        let f = |month: &str, name: &str| FileWrite {
+            table: "t".into(),
+            partition: vec![("year".into(), "2019".into()), ("month".into(), month.into())],
+            file_name: name.into(),
+            batch: batch(3),
+        };
+        lake.commit(1, vec![f("01", "a.parquet")], "2019-01-01T00:00:00Z").unwrap();
+        lake.commit(2, vec![f("02", "b.parquet")], "2019-01-01T00:00:01Z").unwrap();
+        // A file written by a commit that crashed before its manifest save.
+        write_parquet_atomic(&dir.join("t/year=2019/month=03/c.parquet"), &batch(3)).unwrap();
+        let mut lake = Lake::open(&dir).unwrap();
+        assert_eq!(lake.rollback_after(1).unwrap(), 2);
+        assert!(dir.join("t/year=2019/month=01/a.parquet").exists());
+        assert!(!dir.join("t/year=2019/month=02/b.parquet").exists());
+        assert!(!dir.join("t/year=2019/month=03/c.parquet").exists());
+        let reopened = Lake::open(&dir).unwrap();
+        assert_eq!(reopened.manifest().files.keys().collect::<Vec<_>>(), vec!["t/year=2019/month=01/a.parquet"]);
+        assert_eq!(reopened.manifest().commit, 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -6,8 +6,10 @@
 //! by the pipeline itself, so that a band of any aggregate is taken from member-wise sums of
 //! `estimate_ensemble`. [`server`] serves it read-only over the PostgreSQL wire protocol.
 
+pub mod listing;
 pub mod readonly;
 pub mod server;
+pub mod snapshot;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array};
 use arrow::datatypes::{DataType, Field, Float64Type};
@@ -47,15 +49,24 @@ pub const TABLES: [(&str, &[&str]); 6] = [
 
 /// A session over the lake at `dir`: every table present is registered.
 pub async fn session(dir: &Path, limits: &SqlLimits) -> DfResult<SessionContext> {
-    // DataFusion caches directory listings forever by default; the pipeline adds and replaces
-    // files while the session is open, so list on every query (footers stay cached: that
-    // cache checks each file's size and modification time).
-    let caches = datafusion::execution::cache::cache_manager::CacheManagerConfig::default().with_list_files_cache(None).with_list_files_cache_limit(0);
+    // DataFusion's own listing cache keeps a directory's files forever, while the pipeline adds
+    // and replaces files under an open session: file lists come from the manifest instead
+    // (footers stay cached: that cache checks each file's size and modification time).
+    let listing: Arc<datafusion::execution::cache::cache_manager::ListFilesCache> = Arc::new(listing::ManifestListing::new(dir)?);
+    let caches = datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
+        .with_list_files_cache(Some(listing))
+        .with_list_files_cache_limit(1 << 20);
     let runtime = RuntimeEnvBuilder::new().with_memory_limit(limits.memory_limit_bytes, 1.0).with_cache_manager(caches).build_arc()?;
     let config = SessionConfig::new()
         .with_target_partitions(limits.target_partitions.max(1))
         .with_information_schema(true)
-        .with_default_catalog_and_schema("datafusion", "public");
+        .with_default_catalog_and_schema("datafusion", "public")
+        .with_option_extension(snapshot::LakeRoot(dir.to_path_buf()));
+    // The lake writes no bloom filters, and a month file's columns are one page each: looking
+    // for either costs a read per file and prunes nothing.
+    let mut config = config;
+    config.options_mut().execution.parquet.bloom_filter_on_read = false;
+    config.options_mut().execution.parquet.enable_page_index = false;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     ctx.register_udaf(ensemble_quantile());
     register_tables(&ctx, dir).await?;
@@ -72,8 +83,9 @@ pub async fn register_tables(ctx: &SessionContext, dir: &Path) -> DfResult<Vec<&
             continue;
         }
         let cols: Vec<(String, DataType)> = parts.iter().map(|p| (p.to_string(), DataType::Int32)).collect();
-        let opts = ParquetReadOptions::default().table_partition_cols(cols);
-        ctx.register_parquet(table, format!("{}/", path.display()), opts).await?;
+        let url = format!("{}/", path.display());
+        // Registering reads a file's schema, which a concurrent commit may be replacing.
+        snapshot::consistent(Some(dir), || ctx.register_parquet(table, &url, ParquetReadOptions::default().table_partition_cols(cols.clone()))).await?;
         if table == "estimates" {
             ctx.register_udtf("estimates_as_of", Arc::new(EstimatesAsOf { ctx: ctx.clone() }));
         }
@@ -201,5 +213,7 @@ pub async fn query(ctx: &SessionContext, sql: &str) -> DfResult<Vec<arrow::array
     if let Err(reason) = readonly::check_sql(sql) {
         return Err(DataFusionError::Plan(reason));
     }
-    ctx.sql(sql).await?.collect().await
+    let plan = ctx.state().create_logical_plan(sql).await?;
+    let lake = snapshot::session_lake(ctx);
+    snapshot::consistent(lake.as_deref(), || async { ctx.execute_logical_plan(plan.clone()).await?.collect().await }).await
 }

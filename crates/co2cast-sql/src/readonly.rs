@@ -87,12 +87,13 @@ pub struct ReadOnlyHook {
 
 impl ReadOnlyHook {
     async fn run(&self, ctx: &SessionContext, plan: LogicalPlan, client: &(dyn ClientInfo + Send + Sync)) -> PgWireResult<Response> {
-        let work = async {
-            let df = ctx.execute_logical_plan(plan).await?;
+        let lake = crate::snapshot::session_lake(ctx);
+        let work = crate::snapshot::consistent(lake.as_deref(), || async {
+            let df = ctx.execute_logical_plan(plan.clone()).await?;
             let schema = Arc::new(df.schema().as_arrow().clone());
             let batches = df.collect().await?;
             datafusion::common::Result::Ok((schema, batches))
-        };
+        });
         let (schema, batches) = match tokio::time::timeout(self.query_timeout, work).await {
             Err(_) => {
                 return Err(sql_error(
