@@ -78,14 +78,23 @@ pub async fn session(dir: &Path, limits: &SqlLimits) -> DfResult<SessionContext>
 pub async fn register_tables(ctx: &SessionContext, dir: &Path) -> DfResult<Vec<&'static str>> {
     let mut added = Vec::new();
     for (table, parts) in TABLES {
-        let path = dir.join(table);
-        if ctx.table_exist(table)? || !has_parquet(&path) {
+        if ctx.table_exist(table)? {
             continue;
         }
         let cols: Vec<(String, DataType)> = parts.iter().map(|p| (p.to_string(), DataType::Int32)).collect();
-        let url = format!("{}/", path.display());
-        // Registering reads a file's schema, which a concurrent commit may be replacing.
-        snapshot::consistent(Some(dir), || ctx.register_parquet(table, &url, ParquetReadOptions::default().table_partition_cols(cols.clone()))).await?;
+        let url = format!("{}/", dir.join(table).display());
+        // Registering reads a file's schema, which a concurrent commit or rollback may be
+        // removing; whether the table has files is asked of the manifest, as its listing is.
+        let registered = snapshot::consistent(Some(dir), || async {
+            if !manifest_has_table(dir, table) {
+                return Ok(false);
+            }
+            ctx.register_parquet(table, &url, ParquetReadOptions::default().table_partition_cols(cols.clone())).await.map(|()| true)
+        })
+        .await?;
+        if !registered {
+            continue;
+        }
         if table == "estimates" {
             ctx.register_udtf("estimates_as_of", Arc::new(EstimatesAsOf { ctx: ctx.clone() }));
         }
@@ -94,12 +103,12 @@ pub async fn register_tables(ctx: &SessionContext, dir: &Path) -> DfResult<Vec<&
     Ok(added)
 }
 
-fn has_parquet(dir: &Path) -> bool {
-    let Ok(rd) = std::fs::read_dir(dir) else { return false };
-    rd.filter_map(|e| e.ok()).any(|e| {
-        let p = e.path();
-        if p.is_dir() { has_parquet(&p) } else { p.extension().is_some_and(|x| x == "parquet") }
-    })
+/// Whether the lake's manifest lists a file of `table`.
+fn manifest_has_table(dir: &Path, table: &str) -> bool {
+    std::fs::read(dir.join(co2cast_lake::MANIFEST))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<co2cast_lake::Manifest>(&b).ok())
+        .is_some_and(|m| m.files.values().any(|f| f.table == table))
 }
 
 /// Linear-interpolation quantile of sorted values, as the pipeline computes bands.
