@@ -363,14 +363,29 @@ fn password_authentication_and_tls_fail_closed() {
 
     // Connection limit: a second client is refused while the first is connected.
     let conninfo = format!("host=127.0.0.1 port={port} user=analyst dbname=co2cast sslmode=disable");
-    let mut held = Command::new("psql")
-        .args(["-X", "-q", &conninfo])
-        .env("PGPASSWORD", "from-env")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // The held client proves it is connected by answering a query; a refusal (a slot of an
+    // earlier client not yet released) makes it exit, and it is started again.
+    let t = std::time::Instant::now();
+    let mut held = loop {
+        let mut c = Command::new("psql")
+            .args(["-X", "-q", "-At", &conninfo])
+            .env("PGPASSWORD", "from-env")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::{BufRead, Write};
+        let _ = writeln!(c.stdin.as_mut().unwrap(), "SELECT 'held';");
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(c.stdout.as_mut().unwrap()).read_line(&mut line);
+        if line.trim() == "held" {
+            break c;
+        }
+        let _ = c.wait();
+        assert!(t.elapsed().as_secs() < 30, "the held client never connected");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     let t = std::time::Instant::now();
     loop {
         let out = psql_as(port, &plain, "SELECT 1");
