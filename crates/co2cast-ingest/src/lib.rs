@@ -6,6 +6,7 @@
 //! the rules can be read and tested on their own (and benchmarked without a broker).
 
 pub mod caps;
+pub mod decode;
 pub mod message;
 pub mod state;
 pub mod validate;

@@ -4,7 +4,7 @@
 
 use crate::caps::PlausibilityCaps;
 use crate::message::{Granularity, RawProxyMessage, Topic};
-use chrono::{DateTime, Datelike, Duration, NaiveDateTime, Timelike, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDateTime, Utc};
 use co2cast_model::calendar::shanghai;
 use co2cast_model::domain::Province;
 use co2cast_model::domain::units::normalise_unit;
@@ -131,8 +131,9 @@ impl ValidProxy {
 
 pub fn period_end(start: DateTime<Utc>, g: Granularity) -> DateTime<Utc> {
     match g {
-        Granularity::Hour => start + Duration::hours(1),
-        Granularity::Day => start + Duration::days(1),
+        // Unix-time arithmetic: chrono's checked Duration addition showed in ingest profiles.
+        Granularity::Hour => DateTime::from_timestamp(start.timestamp() + 3600, start.timestamp_subsec_nanos()).unwrap_or(start),
+        Granularity::Day => DateTime::from_timestamp(start.timestamp() + 86_400, start.timestamp_subsec_nanos()).unwrap_or(start),
         Granularity::Month => {
             let l = start.with_timezone(&shanghai()).naive_local().date();
             let (y, m) = if l.month() == 12 { (l.year() + 1, 1) } else { (l.year(), l.month() + 1) };
@@ -163,7 +164,44 @@ impl Default for ValidationRules {
     }
 }
 
+/// `YYYY-MM-DDTHH:MM:SS` and `Z` or `±HH:MM`, the form producers of the contract write,
+/// without chrono's general parser (a visible share of ingest time). `None` for any other
+/// form, which chrono then parses (fractions, lower-case `t`, leap seconds, …).
+fn rfc3339_plain(s: &str) -> Option<DateTime<Utc>> {
+    let b = s.as_bytes();
+    if !(b.len() == 20 || b.len() == 25) {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        b[r].iter().try_fold(0i64, |acc, c| c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0')))
+    };
+    if b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    let offset_s = match (b.len(), b[19]) {
+        (20, b'Z') => 0,
+        (25, sign @ (b'+' | b'-')) if b[22] == b':' => {
+            let (oh, om) = (num(20..22)?, num(23..25)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            (oh * 3600 + om * 60) * if sign == b'-' { -1 } else { 1 }
+        }
+        _ => return None,
+    };
+    if !(1..=12).contains(&mo) || h > 23 || mi > 59 || sec > 59 {
+        return None;
+    }
+    let date = chrono::NaiveDate::from_ymd_opt(y as i32, mo as u32, d as u32)?;
+    let days = i64::from(date.num_days_from_ce()) - 719_163; // 1970-01-01
+    DateTime::from_timestamp(days * 86_400 + h * 3600 + mi * 60 + sec - offset_s, 0)
+}
+
 fn parse_instant(field: &str, s: &str) -> Result<DateTime<Utc>, Reject> {
+    if let Some(t) = rfc3339_plain(s) {
+        return Ok(t);
+    }
     match DateTime::parse_from_rfc3339(s.trim()) {
         Ok(t) => Ok(t.with_timezone(&Utc)),
         Err(_) => {
@@ -237,15 +275,20 @@ fn canonical_unit_matches(signal: Signal, canonical: &str) -> bool {
 }
 
 fn check_alignment(start: DateTime<Utc>, g: Granularity) -> Result<(), Reject> {
-    let l = start.with_timezone(&shanghai()).naive_local();
-    let ok = match g {
-        Granularity::Hour => l.minute() == 0 && l.second() == 0,
-        Granularity::Day => l.hour() == 0 && l.minute() == 0 && l.second() == 0,
-        Granularity::Month => l.day() == 1 && l.hour() == 0 && l.minute() == 0 && l.second() == 0,
-    };
+    // Asia/Shanghai is a fixed UTC+8 (no DST since 1991), so hour and day boundaries are
+    // plain arithmetic on the Unix time; only months need the calendar.
+    let local_s = start.timestamp() + i64::from(shanghai().local_minus_utc());
+    let whole = start.timestamp_subsec_nanos() == 0;
+    let ok = whole
+        && match g {
+            Granularity::Hour => local_s.rem_euclid(3600) == 0,
+            Granularity::Day => local_s.rem_euclid(86_400) == 0,
+            Granularity::Month => local_s.rem_euclid(86_400) == 0 && start.with_timezone(&shanghai()).day() == 1,
+        };
     if ok {
         Ok(())
     } else {
+        let l = start.with_timezone(&shanghai()).naive_local();
         reject(
             RejectCode::MisalignedPeriod,
             format!("period_start {} (Asia/Shanghai {l}) is not the start of a{} {:?}", start.to_rfc3339(), if g == Granularity::Hour { "n" } else { "" }, g).to_lowercase(),
@@ -277,17 +320,17 @@ pub fn validate_family(
     caps: &PlausibilityCaps,
     rules: &ValidationRules,
 ) -> Result<ValidProxy, Reject> {
-    let m: RawProxyMessage = serde_json::from_slice(payload)
+    let m: RawProxyMessage = crate::decode::decode(payload)
         .map_err(|e| Reject { code: RejectCode::MalformedJson, reason: e.to_string() })?;
     let (signal, ytd) = signal_of(topic, &m)?;
-    let scope = if m.province.trim() == "CN" {
-        Scope::National
-    } else {
-        Scope::Province(
-            Province::from_iso(&m.province)
-                .or_else(|| Province::parse_lenient(&m.province))
+    // Exact ISO codes first (the hot path), then the national code and lenient names.
+    let scope = match Province::from_iso(&m.province) {
+        Some(p) => Scope::Province(p),
+        None if m.province.trim() == "CN" => Scope::National,
+        None => Scope::Province(
+            Province::parse_lenient(&m.province)
                 .ok_or_else(|| Reject { code: RejectCode::UnknownProvince, reason: format!("unknown province `{}`", m.province) })?,
-        )
+        ),
     };
     let start = parse_instant("period_start", &m.period_start)?;
     check_alignment(start, m.granularity)?;
@@ -372,5 +415,71 @@ fn scope_name(s: Scope) -> String {
     match s {
         Scope::Province(p) => p.iso_code().to_string(),
         Scope::National => "CN".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn chrono_parse(s: &str) -> Option<DateTime<Utc>> {
+        DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+    }
+
+    #[test]
+    fn plain_timestamps_parse_as_chrono_parses_them() {
+        for s in ["2019-03-01T00:00:00+08:00", "2019-03-01T00:00:00Z", "2020-02-29T23:59:59-05:30", "1970-01-01T00:00:00Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59+23:59"] {
+            assert_eq!(rfc3339_plain(s), chrono_parse(s), "{s}");
+            assert!(rfc3339_plain(s).is_some(), "{s}");
+        }
+        for s in ["2019-02-29T00:00:00+08:00", "2019-13-01T00:00:00Z", "2019-03-01T24:00:00Z", "2019-03-01T00:00:60Z", "2019-03-01t00:00:00Z", "2019-03-01T00:00:00.5Z", "2019-03-01T00:00:00+0800", "2019-03-01T00:00:00"] {
+            assert!(rfc3339_plain(s).is_none(), "{s}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(5000))]
+        /// Alignment by arithmetic equals alignment read off the Asia/Shanghai wall clock.
+        #[test]
+        fn alignment_agrees_with_the_wall_clock(
+            ts in 946_684_800i64..2_000_000_000, snap in 0u8..4, g in prop::sample::select(vec![Granularity::Hour, Granularity::Day, Granularity::Month]),
+        ) {
+            use chrono::Timelike;
+            // Snap often onto hours, days and month starts, or the property only sees misalignment.
+            let t = DateTime::from_timestamp(ts, 0).unwrap();
+            let l = t.with_timezone(&shanghai()).naive_local();
+            let snapped = match snap {
+                0 => l,
+                1 => l.date().and_hms_opt(l.hour(), 0, 0).unwrap(),
+                2 => l.date().and_hms_opt(0, 0, 0).unwrap(),
+                _ => l.date().with_day(1).unwrap().and_hms_opt(0, 0, 0).unwrap(),
+            };
+            let start = snapped.and_local_timezone(shanghai()).unwrap().with_timezone(&Utc);
+            let wall = start.with_timezone(&shanghai()).naive_local();
+            let expected = match g {
+                Granularity::Hour => wall.minute() == 0 && wall.second() == 0,
+                Granularity::Day => wall.hour() == 0 && wall.minute() == 0 && wall.second() == 0,
+                Granularity::Month => wall.day() == 1 && wall.hour() == 0 && wall.minute() == 0 && wall.second() == 0,
+            };
+            prop_assert_eq!(check_alignment(start, g).is_ok(), expected, "{} {:?}", start, g);
+        }
+
+        /// Wherever the plain parser answers, chrono answers the same instant.
+        #[test]
+        fn plain_parser_agrees_with_chrono(
+            y in 0i32..10000, mo in 0u32..14, d in 0u32..33, h in 0u32..26, mi in 0u32..62, sec in 0u32..62,
+            sep in prop::sample::select(vec!['T', 't', ' ', 'x']),
+            tz in prop::sample::select(vec!["Z", "z", "+08:00", "-05:30", "+23:59", "+24:00", "-00:00", "+08:60", "+0800", ""]),
+        ) {
+            let s = format!("{y:04}-{mo:02}-{d:02}{sep}{h:02}:{mi:02}:{sec:02}{tz}");
+            if let Some(t) = rfc3339_plain(&s) {
+                prop_assert_eq!(Some(t), chrono_parse(&s), "{}", s);
+            }
+            // And the validator's own parse agrees with chrono whenever chrono accepts.
+            if let Some(t) = chrono_parse(&s) {
+                prop_assert_eq!(parse_instant("t", &s).ok(), Some(t), "{}", s);
+            }
+        }
     }
 }

@@ -49,17 +49,26 @@ impl Watermarks {
     /// Records a message of `stream` (see [`stream_key`]) whose period ends at `event_end`,
     /// arriving at `now`.
     pub fn observe(&mut self, stream: &str, event_end: DateTime<Utc>, now: DateTime<Utc>) -> Arrival {
-        let wm = self.watermark(stream);
-        // Look up before inserting: no key allocation on the hot path.
-        let e = match self.signals.get_mut(stream) {
-            Some(e) => e,
-            None => self.signals.entry(stream.to_string()).or_insert(SignalWatermark { max_event_end: event_end, last_arrival: now }),
+        // One lookup, no key allocation on the hot path; a new stream cannot be late.
+        let Some(e) = self.signals.get_mut(stream) else {
+            self.signals.insert(stream.to_string(), SignalWatermark { max_event_end: event_end, last_arrival: now });
+            return Arrival::OnTime;
         };
-        e.max_event_end = e.max_event_end.max(event_end);
-        e.last_arrival = e.last_arrival.max(now);
-        match wm {
-            Some(w) if event_end < w => Arrival::Late { behind_s: (w - event_end).num_seconds() },
-            _ => Arrival::OnTime,
+        // In (seconds, nanoseconds): chrono's checked Duration arithmetic showed in ingest profiles.
+        let watermark = (e.max_event_end.timestamp() - self.allowed_lateness_s, e.max_event_end.timestamp_subsec_nanos());
+        let end = (event_end.timestamp(), event_end.timestamp_subsec_nanos());
+        if event_end > e.max_event_end {
+            e.max_event_end = event_end;
+        }
+        if now > e.last_arrival {
+            e.last_arrival = now;
+        }
+        if end < watermark {
+            // Whole seconds behind, as chrono's `num_seconds` counts them.
+            let behind_ns = (watermark.0 - end.0) as i128 * 1_000_000_000 + watermark.1 as i128 - end.1 as i128;
+            Arrival::Late { behind_s: (behind_ns / 1_000_000_000) as i64 }
+        } else {
+            Arrival::OnTime
         }
     }
 
@@ -80,6 +89,41 @@ impl Watermarks {
             self.signals.keys().filter_map(|s| self.watermark(s)).max()
         } else {
             active.into_iter().min()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The definition: late when the period ends before (latest end seen − allowed lateness).
+    fn by_definition(seen: &mut BTreeMap<String, DateTime<Utc>>, lateness: Duration, stream: &str, end: DateTime<Utc>) -> Arrival {
+        let wm = seen.get(stream).map(|m| *m - lateness);
+        let m = seen.entry(stream.to_string()).or_insert(end);
+        *m = (*m).max(end);
+        match wm {
+            Some(w) if end < w => Arrival::Late { behind_s: (w - end).num_seconds() },
+            _ => Arrival::OnTime,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn observe_follows_the_definition(
+            lateness_s in 0i64..400_000,
+            events in prop::collection::vec((0usize..3, 1_500_000_000i64..1_500_900_000, 0u32..3), 1..60),
+        ) {
+            let mut w = Watermarks::new(Duration::seconds(lateness_s), Duration::minutes(10));
+            let mut seen = BTreeMap::new();
+            let now = DateTime::from_timestamp(1_600_000_000, 0).unwrap();
+            for (stream, s, nanos) in events {
+                let stream = ["a", "b", "c"][stream];
+                // Mostly whole seconds, sometimes fractions (which chrono counts toward zero).
+                let end = DateTime::from_timestamp(s, nanos * 300_000_000).unwrap();
+                prop_assert_eq!(w.observe(stream, end, now), by_definition(&mut seen, Duration::seconds(lateness_s), stream, end));
+            }
         }
     }
 }

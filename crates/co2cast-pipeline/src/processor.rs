@@ -14,7 +14,7 @@ use co2cast_model::estimate::{Band, EnsembleSettings, Estimator, SourceType};
 use co2cast_model::proxy::ProxyPanel;
 use co2cast_model::series::YearMonth;
 use crate::topics::TopicNames;
-use crate::source::{GroupContext, MessageBatch, Positions, spawn_poll_thread};
+use crate::source::{BatchChannel, GroupContext, MessageBatch, Positions, spawn_poll_thread};
 use co2cast_model::domain::{Province, Sector};
 use co2cast_model::proxy::Scope;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -43,6 +43,10 @@ pub struct ProcessorConfig {
     /// Re-estimate at the latest this long after the oldest unpublished message.
     pub max_flush_delay_ms: u64,
     pub poll_timeout_ms: u64,
+    /// Longest a fetch may wait at the broker for data. Kafka answers as soon as data is
+    /// there; some brokers (tansu 0.6) hold every fetch this long, so a short wait keeps
+    /// throughput and latency up there at the cost of more idle fetch requests.
+    pub fetch_wait_max_ms: u64,
     pub session_timeout_ms: u64,
     pub heartbeat_interval_ms: u64,
     /// How long input must be quiet before the processor counts as idle.
@@ -61,6 +65,9 @@ pub struct ProcessorConfig {
     pub lake_dir: Option<PathBuf>,
     /// Members per row kept in `estimate_ensemble` (all when unset).
     pub lake_ensemble_members: Option<usize>,
+    /// Extra librdkafka consumer properties (e.g. `queued.min.messages`), applied after
+    /// co2cast's own; properties co2cast relies on cannot be overridden.
+    pub consumer_options: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ProcessorConfig {
@@ -73,6 +80,7 @@ impl Default for ProcessorConfig {
             flush_linger_ms: 50,
             max_flush_delay_ms: 500,
             poll_timeout_ms: 100,
+            fetch_wait_max_ms: 10,
             session_timeout_ms: 10_000,
             heartbeat_interval_ms: 1_000,
             idle_after_ms: 1_500,
@@ -86,9 +94,14 @@ impl Default for ProcessorConfig {
             topics: TopicNames::default(),
             lake_dir: None,
             lake_ensemble_members: None,
+            consumer_options: Default::default(),
         }
     }
 }
+
+/// Consumer properties exactly-once and group membership rest on.
+const PINNED_CONSUMER_OPTIONS: [&str; 7] =
+    ["bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset", "enable.partition.eof", "isolation.level"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -154,11 +167,12 @@ pub struct Processor {
     input_complete: Option<Arc<AtomicBool>>,
 }
 
-/// What must be re-estimated in a year.
+/// What must be re-estimated in a year: everything, or the provinces whose bits are set
+/// (by `Province::index`; a bit test per message, where a set insert showed in profiles).
 #[derive(Debug, Clone, PartialEq)]
 enum Dirty {
     All,
-    Provinces(BTreeSet<Province>),
+    Provinces(u64),
 }
 
 impl Dirty {
@@ -166,16 +180,14 @@ impl Dirty {
         match (scope, &mut *self) {
             (_, Dirty::All) => {}
             (Scope::National, d) => *d = Dirty::All,
-            (Scope::Province(p), Dirty::Provinces(set)) => {
-                set.insert(p);
-            }
+            (Scope::Province(p), Dirty::Provinces(bits)) => *bits |= 1 << p.index(),
         }
     }
 
     fn includes(&self, p: Province) -> bool {
         match self {
             Dirty::All => true,
-            Dirty::Provinces(s) => s.contains(&p),
+            Dirty::Provinces(bits) => bits & (1 << p.index()) != 0,
         }
     }
 }
@@ -245,13 +257,21 @@ impl Processor {
         let watermarks = Watermarks::new(Duration::seconds(cfg.allowed_lateness_s), Duration::seconds(cfg.signal_idle_timeout_s));
         let ckpt = Checkpoint::load(&cfg.checkpoint_dir)?.unwrap_or_else(|| Checkpoint::empty(watermarks));
         let positions = Positions::from_offsets(&ckpt.offsets);
-        let consumer: BaseConsumer<GroupContext> = ClientConfig::new()
+        let mut consumer_config = ClientConfig::new();
+        for (k, v) in &cfg.consumer_options {
+            if PINNED_CONSUMER_OPTIONS.contains(&k.as_str()) {
+                return Err(PipelineError::Config(format!("consumer option `{k}` is managed by co2cast and cannot be set")));
+            }
+            consumer_config.set(k, v);
+        }
+        let consumer: BaseConsumer<GroupContext> = consumer_config
             .set("bootstrap.servers", &cfg.brokers)
             .set("group.id", &cfg.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
             .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", cfg.heartbeat_interval_ms.to_string())
             .create_with_context(GroupContext::new(positions.clone()))
@@ -370,8 +390,9 @@ impl Processor {
         }
         let poll = std::time::Duration::from_millis(self.cfg.poll_timeout_ms);
         let poll_stop = Arc::new(AtomicBool::new(false));
-        let (rx, poller) = spawn_poll_thread(self.consumer.clone(), self.positions.clone(), poll_stop.clone(), poll, 16);
-        let result = self.consume(&rx, &stop, exit_when_idle, &mut on_progress);
+        let (channel, poller) = spawn_poll_thread(self.consumer.clone(), self.positions.clone(), poll_stop.clone(), poll, 16);
+        let result = self.consume(&channel, &stop, exit_when_idle, &mut on_progress);
+        let rx = channel.batches;
         poll_stop.store(true, Ordering::Relaxed);
         // Batches the poll thread took but nobody handled are after the checkpoint: the next
         // run (or a restart) reads them again.
@@ -394,7 +415,7 @@ impl Processor {
 
     fn consume(
         &mut self,
-        rx: &std::sync::mpsc::Receiver<MessageBatch>,
+        channel: &BatchChannel,
         stop: &AtomicBool,
         exit_when_idle: bool,
         on_progress: &mut dyn FnMut(&crate::checkpoint::Counters),
@@ -403,12 +424,14 @@ impl Processor {
         let tick = ms(self.cfg.flush_linger_ms.clamp(1, self.cfg.poll_timeout_ms.max(1)));
         let mut last_message = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            match rx.recv_timeout(tick) {
+            match channel.batches.recv_timeout(tick) {
                 Ok(batch) => {
                     if !self.handle_batch(&batch, stop, on_progress)? {
                         self.resync = true;
                         return Ok(());
                     }
+                    // Back to the poll thread for reuse (it may have ended; then it is dropped).
+                    let _ = channel.recycle.send(batch);
                     last_message = Instant::now();
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -564,7 +587,7 @@ impl Processor {
                     if self.last_dirty != Some((y, v.scope)) {
                         // A base-year value changes the ratios of the following year too.
                         for year in [y, y + 1] {
-                            self.dirty.entry(year).or_insert_with(|| Dirty::Provinces(BTreeSet::new())).add(v.scope);
+                            self.dirty.entry(year).or_insert(Dirty::Provinces(0)).add(v.scope);
                         }
                         self.last_dirty = Some((y, v.scope));
                     }

@@ -14,7 +14,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -187,6 +187,13 @@ impl MessageBatch {
     }
 }
 
+/// The two ends the processor holds: batches in, and emptied batches back for reuse (a
+/// batch buffer is ~1 MB; allocating a fresh one per batch cost page faults on both threads).
+pub struct BatchChannel {
+    pub batches: Receiver<MessageBatch>,
+    pub recycle: Sender<MessageBatch>,
+}
+
 /// Polls `consumer` on a thread until `stop` is set; batches go to the returned channel,
 /// which holds at most `queue_batches` batches (back-pressure on the poll thread).
 pub fn spawn_poll_thread(
@@ -195,13 +202,14 @@ pub fn spawn_poll_thread(
     stop: Arc<AtomicBool>,
     poll_timeout: std::time::Duration,
     queue_batches: usize,
-) -> (Receiver<MessageBatch>, std::thread::JoinHandle<()>) {
+) -> (BatchChannel, std::thread::JoinHandle<()>) {
     let (tx, rx) = std::sync::mpsc::sync_channel::<MessageBatch>(queue_batches);
+    let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<MessageBatch>();
     let handle = std::thread::Builder::new()
         .name("co2cast-poll".into())
-        .spawn(move || poll_loop(&consumer, &positions, &stop, poll_timeout, &tx))
+        .spawn(move || poll_loop(&consumer, &positions, &stop, poll_timeout, &tx, &recycle_rx))
         .expect("spawn poll thread");
-    (rx, handle)
+    (BatchChannel { batches: rx, recycle: recycle_tx }, handle)
 }
 
 fn poll_loop(
@@ -210,6 +218,7 @@ fn poll_loop(
     stop: &AtomicBool,
     poll_timeout: std::time::Duration,
     tx: &SyncSender<MessageBatch>,
+    recycled: &Receiver<MessageBatch>,
 ) {
     let mut topics: HashMap<String, Arc<str>> = HashMap::new();
     let mut slots: HashMap<(Arc<str>, i32), Arc<AtomicI64>> = HashMap::new();
@@ -242,24 +251,34 @@ fn poll_loop(
                 };
                 slot.store(m.offset() + 1, Ordering::Release);
                 batch.push(topic, &m);
-                if batch.entries.len() >= MAX_BATCH && !hand_over(&mut batch, tx) {
+                if batch.entries.len() >= MAX_BATCH && !hand_over(&mut batch, tx, recycled) {
                     return;
                 }
             }
             Some(Err(e)) => tracing::warn!(message = "Kafka consumer error.", error = %e),
             None => {
-                if !batch.entries.is_empty() && !hand_over(&mut batch, tx) {
+                if !batch.entries.is_empty() && !hand_over(&mut batch, tx, recycled) {
                     return;
                 }
             }
         }
     }
     if !batch.entries.is_empty() {
-        hand_over(&mut batch, tx);
+        hand_over(&mut batch, tx, recycled);
     }
 }
 
-/// False when the processor has gone.
-fn hand_over(batch: &mut MessageBatch, tx: &SyncSender<MessageBatch>) -> bool {
-    tx.send(std::mem::take(batch)).is_ok()
+/// Sends the batch and starts the next in a recycled buffer when one came back. False when
+/// the processor has gone.
+fn hand_over(batch: &mut MessageBatch, tx: &SyncSender<MessageBatch>, recycled: &Receiver<MessageBatch>) -> bool {
+    let next = match recycled.try_recv() {
+        Ok(mut b) => {
+            b.buf.clear();
+            b.entries.clear();
+            b.first_polled = None;
+            b
+        }
+        Err(_) => MessageBatch::default(),
+    };
+    tx.send(std::mem::replace(batch, next)).is_ok()
 }

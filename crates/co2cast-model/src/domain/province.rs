@@ -108,15 +108,30 @@ impl Province {
 
     /// Stable index 0..31 (NBS order), for dense arrays.
     pub fn index(self) -> usize {
-        Province::ALL.iter().position(|p| *p == self).expect("every province is in ALL")
+        // ALL lists the variants in declaration order, so the discriminant is the position
+        // (checked by a test).
+        self as usize
     }
 
     /// Exact ISO 3166-2:CN code (`CN-HE`), without allocating: the hot path of ingest.
     pub fn from_iso(s: &str) -> Option<Province> {
-        if s.len() != 5 || !s.starts_with("CN-") {
+        // A table over the two letters after `CN-`: one lookup on the hot path of ingest.
+        static BY_LETTERS: std::sync::OnceLock<[u8; 26 * 26]> = std::sync::OnceLock::new();
+        let slot = |a: u8, b: u8| (a.is_ascii_uppercase() && b.is_ascii_uppercase()).then(|| usize::from(a - b'A') * 26 + usize::from(b - b'A'));
+        let b = s.as_bytes();
+        if b.len() != 5 || !s.starts_with("CN-") {
             return None;
         }
-        Province::ALL.iter().copied().find(|p| p.iso_code() == s)
+        let table = BY_LETTERS.get_or_init(|| {
+            let mut t = [u8::MAX; 26 * 26];
+            for p in Province::ALL {
+                let c = p.iso_code().as_bytes();
+                t[slot(c[3], c[4]).expect("ISO codes are upper-case")] = p.index() as u8;
+            }
+            t
+        });
+        let i = table[slot(b[3], b[4])?];
+        Province::ALL.get(usize::from(i)).copied()
     }
 
     /// Lenient lookup: NBS code, ISO code (with or without `CN-`), English name (spaces,
@@ -207,6 +222,10 @@ mod tests {
             assert_eq!(p.name_en().parse::<Province>().unwrap(), p);
             assert_eq!(p.name_zh().parse::<Province>().unwrap(), p);
             assert_eq!(Province::ALL[p.index()], p);
+            assert_eq!(Province::from_iso(p.iso_code()), Some(p));
+        }
+        for s in ["CN-XX", "CN-bj", "CN-B", "CN-BJX", "US-BJ", "CN-[J", "CN-\u{e9}"] {
+            assert_eq!(Province::from_iso(s), None, "{s}");
         }
     }
 }
