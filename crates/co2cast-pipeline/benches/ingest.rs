@@ -138,66 +138,88 @@ fn main() {
     }
     p.flush(std::time::Duration::from_secs(60)).unwrap();
 
-    let raw = consume(&brokers, "bench-raw", n, |k, v| {
-        black_box((k.len(), v.len()));
-    });
-    println!("{{\"bench\":\"raw_rdkafka_consume\",\"messages\":{n},\"per_sec\":{raw:.0}}}");
-    // The processor itself: consumer-group member, poll thread handing batches to the ingest
-    // thread (decode, validate, DLQ, keyed state, watermarks, counters). Flushes are pushed
-    // past the measurement; the rate is taken from its first message to its last.
-    let piped = {
-        let history = co2cast_data::embedded().unwrap();
-        let dir = std::env::temp_dir().join(format!("co2cast-bench-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let cfg = co2cast_pipeline::ProcessorConfig {
-            brokers: brokers.clone(),
-            group_id: "bench-processor".into(),
-            checkpoint_dir: dir.clone(),
-            checkpoint_every_messages: u64::MAX,
-            fetch_wait_max_ms: FETCH_WAIT_MS,
-            consumer_options: [("queued.min.messages".to_string(), QUEUED_MIN_MESSAGES.to_string())].into(),
-            flush_linger_ms: 600_000,
-            max_flush_delay_ms: 600_000,
-            ensemble_members: 20,
-            provinces: Some(vec!["CN-BJ".into()]),
-            ..Default::default()
+    // Rounds alternate raw and processor so that both see the same machine weather; with the
+    // mock broker's small log one round lasts a fraction of a second, hence several rounds
+    // and medians.
+    let rounds: usize = std::env::var("CO2CAST_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if std::env::var("CO2CAST_BENCH_BROKERS").is_ok() { 3 } else { 7 });
+    let (mut raws, mut pipeds, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut counters = None;
+    for round in 0..rounds {
+        let raw = consume(&brokers, &format!("bench-raw-{round}"), n, |k, v| {
+            black_box((k.len(), v.len()));
+        });
+        println!("{{\"bench\":\"raw_rdkafka_consume\",\"round\":{round},\"messages\":{n},\"per_sec\":{raw:.0}}}");
+        let piped = {
+            let history = co2cast_data::embedded().unwrap();
+            let dir = std::env::temp_dir().join(format!("co2cast-bench-{}-{round}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let cfg = co2cast_pipeline::ProcessorConfig {
+                brokers: brokers.clone(),
+                group_id: format!("bench-processor-{round}"),
+                checkpoint_dir: dir.clone(),
+                checkpoint_every_messages: u64::MAX,
+                fetch_wait_max_ms: FETCH_WAIT_MS,
+                consumer_options: [("queued.min.messages".to_string(), QUEUED_MIN_MESSAGES.to_string())].into(),
+                flush_linger_ms: 600_000,
+                max_flush_delay_ms: 600_000,
+                ensemble_members: 20,
+                provinces: Some(vec!["CN-BJ".into()]),
+                ..Default::default()
+            };
+            let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let watcher = {
+                let (received, stop) = (received.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let load = || received.load(std::sync::atomic::Ordering::Relaxed);
+                    let t = Instant::now();
+                    while load() == 0 {
+                        assert!(t.elapsed().as_secs() < 120, "the processor received nothing");
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                    }
+                    let (t0, r0) = (Instant::now(), load());
+                    while load() < n as u64 {
+                        assert!(t.elapsed().as_secs() < 600, "the processor stalled at {}", load());
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                    }
+                    let rate = (n as u64 - r0) as f64 / t0.elapsed().as_secs_f64();
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    rate
+                })
+            };
+            let mut p = co2cast_pipeline::Processor::new(cfg, history).unwrap().with_received_counter(received);
+            let summary = p.run(stop, false, |_| {}).unwrap();
+            let rate = watcher.join().unwrap();
+            assert_eq!(summary.counters.received, summary.counters.accepted + summary.counters.dead_lettered);
+            let _ = std::fs::remove_dir_all(&dir);
+            (rate, summary.counters)
         };
-        let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let watcher = {
-            let (received, stop) = (received.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let load = || received.load(std::sync::atomic::Ordering::Relaxed);
-                let t = Instant::now();
-                while load() == 0 {
-                    assert!(t.elapsed().as_secs() < 120, "the processor received nothing");
-                    std::thread::sleep(std::time::Duration::from_micros(200));
-                }
-                let (t0, r0) = (Instant::now(), load());
-                while load() < n as u64 {
-                    assert!(t.elapsed().as_secs() < 600, "the processor stalled at {}", load());
-                    std::thread::sleep(std::time::Duration::from_micros(200));
-                }
-                let rate = (n as u64 - r0) as f64 / t0.elapsed().as_secs_f64();
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                rate
-            })
-        };
-        let mut p = co2cast_pipeline::Processor::new(cfg, history).unwrap().with_received_counter(received);
-        let summary = p.run(stop, false, |_| {}).unwrap();
-        let rate = watcher.join().unwrap();
-        assert_eq!(summary.counters.received, summary.counters.accepted + summary.counters.dead_lettered);
-        let _ = std::fs::remove_dir_all(&dir);
-        (rate, summary.counters)
+        let (piped, got) = piped;
+        println!(
+            "{{\"bench\":\"processor_consume_and_ingest\",\"round\":{round},\"messages\":{n},\"per_sec\":{piped:.0},\"accepted\":{},\"dead_lettered\":{}}}",
+            got.accepted, got.dead_lettered
+        );
+        raws.push(raw);
+        pipeds.push(piped);
+        ratios.push(piped / raw);
+        counters = Some(got);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
     };
-    let (piped, counters) = piped;
+    let last = counters.expect("at least one round");
     println!(
-        "{{\"bench\":\"processor_consume_and_ingest\",\"messages\":{n},\"per_sec\":{piped:.0},\"accepted\":{},\"dead_lettered\":{}}}",
-        counters.accepted, counters.dead_lettered
-    );
-    println!(
-        "{{\"bench\":\"summary\",\"ingest_path_per_sec\":{path_rate:.0},\"raw_consume_per_sec\":{raw:.0},\"processor_per_sec\":{piped:.0},\"processor_ratio_to_raw\":{:.3},\"broker\":\"{}\"}}",
-        piped / raw,
+        "{{\"bench\":\"summary\",\"rounds\":{rounds},\"messages\":{n},\"ingest_path_per_sec\":{path_rate:.0},\"raw_consume_per_sec\":{:.0},\"processor_per_sec\":{:.0},\"processor_ratio_to_raw\":{:.3},\"ratio_min\":{:.3},\"ratio_max\":{:.3},\"dead_lettered\":{},\"broker\":\"{}\"}}",
+        median(&mut raws),
+        median(&mut pipeds),
+        median(&mut ratios),
+        ratios[0],
+        ratios[ratios.len() - 1],
+        last.dead_lettered,
         if std::env::var("CO2CAST_BENCH_BROKERS").is_ok() { "external" } else { "mock" }
     );
     c.final_summary();
