@@ -80,8 +80,8 @@ impl std::hash::Hasher for KeyHasher {
     }
 }
 
-type Hasher = std::hash::BuildHasherDefault<KeyHasher>;
-type StateMap = HashMap<StateKey, Option<StateEntry>, Hasher>;
+type KeyHashBuilder = std::hash::BuildHasherDefault<KeyHasher>;
+type StateMap = HashMap<StateKey, Option<StateEntry>, KeyHashBuilder>;
 
 /// Periods per dense block (4,096 hours is about 171 days).
 const BLOCK: i64 = 4096;
@@ -96,16 +96,25 @@ struct BlockKey {
     block: i64,
 }
 
+/// Length of a period in seconds, for the granularities stored densely.
+fn dense_step_s(g: Granularity) -> Option<i64> {
+    match g {
+        Granularity::Hour => Some(3600),
+        Granularity::Day => Some(86_400),
+        Granularity::Month => None,
+    }
+}
+
+fn shanghai_offset_s() -> i64 {
+    i64::from(shanghai().local_minus_utc())
+}
+
 /// Where an hourly or daily key lives: its block and slot. Periods are counted from an
 /// Asia/Shanghai midnight, so hours and local days are whole steps; months (uneven) and
 /// anything off the grid have no slot.
 fn slot_of(k: &StateKey) -> Option<(BlockKey, usize)> {
-    let step = match k.granularity {
-        Granularity::Hour => 3600,
-        Granularity::Day => 86_400,
-        Granularity::Month => return None,
-    };
-    let local = k.period_start + i64::from(shanghai().local_minus_utc());
+    let step = dense_step_s(k.granularity)?;
+    let local = k.period_start + shanghai_offset_s();
     if local.rem_euclid(step) != 0 {
         return None;
     }
@@ -121,7 +130,7 @@ fn slot_of(k: &StateKey) -> Option<(BlockKey, usize)> {
 /// deterministic and do not depend on the layout.
 #[derive(Debug, Clone, Default)]
 pub struct ProxyState {
-    blocks: HashMap<BlockKey, Box<[Option<StateEntry>]>, Hasher>,
+    blocks: HashMap<BlockKey, Box<[Option<StateEntry>]>, KeyHashBuilder>,
     sparse: StateMap,
     len: usize,
 }
@@ -185,14 +194,14 @@ impl ProxyState {
     /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (StateKey, &StateEntry)> {
         let dense = self.blocks.iter().flat_map(|(b, block)| {
-            let step = if b.granularity == Granularity::Hour { 3600 } else { 86_400 };
+            let step = dense_step_s(b.granularity).expect("only hourly and daily series have blocks");
             block.iter().enumerate().filter_map(move |(i, e)| {
                 let local = (b.block * BLOCK + i as i64) * step;
                 let k = StateKey {
                     signal: b.signal,
                     scope: b.scope,
                     granularity: b.granularity,
-                    period_start: local - i64::from(shanghai().local_minus_utc()),
+                    period_start: local - shanghai_offset_s(),
                     ytd: b.ytd,
                 };
                 e.as_ref().map(|e| (k, e))

@@ -85,6 +85,18 @@ pub struct Manifest {
     pub files: BTreeMap<String, FileEntry>,
 }
 
+impl Manifest {
+    /// The manifest of the lake at `root`; `None` when the lake has none yet.
+    pub fn read(root: &Path) -> Result<Option<Manifest>, LakeError> {
+        let mp = root.join(MANIFEST);
+        match std::fs::read(&mp) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| LakeError::Format { path: mp, msg: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(LakeError::Io { path: mp, source: e }),
+        }
+    }
+}
+
 /// A file to write: table, Hive partition values, and a file name unique within the partition.
 #[derive(Debug, Clone)]
 pub struct FileWrite {
@@ -114,12 +126,7 @@ impl Lake {
     /// Opens (creating if needed) a lake at `root`.
     pub fn open(root: &Path) -> Result<Lake, LakeError> {
         std::fs::create_dir_all(root).map_err(io(root))?;
-        let mp = root.join(MANIFEST);
-        let manifest = match std::fs::read(&mp) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| LakeError::Format { path: mp.clone(), msg: e.to_string() })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest { version: MANIFEST_VERSION, ..Manifest::default() },
-            Err(e) => return Err(LakeError::Io { path: mp, source: e }),
-        };
+        let manifest = Manifest::read(root)?.unwrap_or(Manifest { version: MANIFEST_VERSION, ..Manifest::default() });
         Ok(Lake { root: root.to_path_buf(), manifest })
     }
 

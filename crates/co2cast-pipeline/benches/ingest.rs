@@ -124,7 +124,8 @@ fn main() {
     };
     let p: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "20").create().unwrap();
     let reuse = std::env::var("CO2CAST_BENCH_REUSE_TOPIC").is_ok_and(|v| v == "1");
-    for r in recs.iter().filter(|_| !reuse) {
+    let to_produce: &[ProxyRecord] = if reuse { &[] } else { &recs };
+    for r in to_produce {
         let mut rec = BaseRecord::to(TOPIC).key(r.key.as_bytes()).payload(r.payload.as_bytes());
         loop {
             match p.send(rec) {

@@ -163,6 +163,13 @@ impl MessageBatch {
         e.payload.clone().map(|r| &self.buf[r])
     }
 
+    /// Empty again, keeping its allocations.
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.entries.clear();
+        self.first_polled = None;
+    }
+
     fn push(&mut self, topic: Arc<str>, m: &rdkafka::message::BorrowedMessage<'_>) {
         let mut copy = |b: Option<&[u8]>| {
             b.map(|b| {
@@ -271,14 +278,12 @@ fn poll_loop(
 /// Sends the batch and starts the next in a recycled buffer when one came back. False when
 /// the processor has gone.
 fn hand_over(batch: &mut MessageBatch, tx: &SyncSender<MessageBatch>, recycled: &Receiver<MessageBatch>) -> bool {
-    let next = match recycled.try_recv() {
-        Ok(mut b) => {
-            b.buf.clear();
-            b.entries.clear();
-            b.first_polled = None;
+    let next = recycled
+        .try_recv()
+        .map(|mut b| {
+            b.clear();
             b
-        }
-        Err(_) => MessageBatch::default(),
-    };
+        })
+        .unwrap_or_default();
     tx.send(std::mem::replace(batch, next)).is_ok()
 }

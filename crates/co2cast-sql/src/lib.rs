@@ -105,10 +105,7 @@ pub async fn register_tables(ctx: &SessionContext, dir: &Path) -> DfResult<Vec<&
 
 /// Whether the lake's manifest lists a file of `table`.
 fn manifest_has_table(dir: &Path, table: &str) -> bool {
-    std::fs::read(dir.join(co2cast_lake::MANIFEST))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<co2cast_lake::Manifest>(&b).ok())
-        .is_some_and(|m| m.files.values().any(|f| f.table == table))
+    co2cast_lake::Manifest::read(dir).ok().flatten().is_some_and(|m| m.files.values().any(|f| f.table == table))
 }
 
 /// Linear-interpolation quantile of sorted values, as the pipeline computes bands.

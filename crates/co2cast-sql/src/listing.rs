@@ -49,8 +49,7 @@ impl ManifestListing {
 
     fn load(&self) -> Option<Snapshot> {
         let version = lake_version(&self.dir);
-        let bytes = std::fs::read(self.dir.join(co2cast_lake::MANIFEST)).ok()?;
-        let manifest: co2cast_lake::Manifest = serde_json::from_slice(&bytes).ok()?;
+        let manifest = co2cast_lake::Manifest::read(&self.dir).ok()??;
         let mut tables: BTreeMap<String, Vec<ObjectMeta>> = BTreeMap::new();
         for (rel, entry) in &manifest.files {
             // Size and modification time from the file itself: DataFusion's footer cache checks them.
