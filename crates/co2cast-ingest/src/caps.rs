@@ -2,13 +2,24 @@
 //! a value far above anything the province has ever reported is a unit error or a glitch.
 
 use crate::message::Granularity;
+use co2cast_model::domain::Province;
 use co2cast_model::proxy::{ProxyPanel, Scope, Signal};
-use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Default)]
 pub struct PlausibilityCaps {
-    /// Largest plausible monthly value per (signal, scope), canonical units.
-    monthly: BTreeMap<(Signal, Scope), f64>,
+    /// Largest plausible monthly value per (signal, scope), canonical units, at
+    /// [`slot`]; NaN where the history has none. A flat table: this is read per message.
+    monthly: Vec<f64>,
+}
+
+const SCOPES: usize = Province::ALL.len() + 1;
+
+fn slot(signal: Signal, scope: Scope) -> usize {
+    signal as usize * SCOPES
+        + match scope {
+            Scope::Province(p) => p.index(),
+            Scope::National => Province::ALL.len(),
+        }
 }
 
 /// Headroom over the largest month on record.
@@ -17,10 +28,11 @@ pub const HISTORY_FACTOR: f64 = 3.0;
 impl PlausibilityCaps {
     /// Caps at `HISTORY_FACTOR` × the largest monthly value of each signal and scope.
     pub fn from_history(panel: &ProxyPanel) -> PlausibilityCaps {
-        let mut monthly: BTreeMap<(Signal, Scope), f64> = BTreeMap::new();
+        let mut monthly = vec![f64::NAN; Signal::ALL.len() * SCOPES];
         for (s, scope, _, v) in panel.iter_monthly() {
-            let e = monthly.entry((s, scope)).or_insert(0.0);
-            *e = e.max(v * HISTORY_FACTOR);
+            let e = &mut monthly[slot(s, scope)];
+            // NaN.max(x) is x: the first value of a scope replaces "none".
+            *e = e.max(0.0).max(v * HISTORY_FACTOR);
         }
         PlausibilityCaps { monthly }
     }
@@ -55,7 +67,10 @@ impl PlausibilityCaps {
             Signal::MobilityIndex => return (0.0, 20.0),
             _ => {}
         }
-        let month = self.monthly.get(&(signal, scope)).copied().unwrap_or_else(|| Self::fallback_monthly(signal, scope));
+        let month = match self.monthly.get(slot(signal, scope)) {
+            Some(m) if !m.is_nan() => *m,
+            _ => Self::fallback_monthly(signal, scope),
+        };
         let hi = match g {
             Granularity::Month if ytd => month * 12.0,
             Granularity::Month => month,
@@ -64,5 +79,54 @@ impl PlausibilityCaps {
             Granularity::Hour => month / 28.0 * 2.0 / 24.0 * 2.0,
         };
         (0.0, hi)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use co2cast_model::series::YearMonth;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    proptest! {
+        /// The flat table answers as the keyed definition: 3 × the largest month of a signal
+        /// and scope on record, the physical fallback where there is none.
+        #[test]
+        fn flat_table_matches_keyed_maxima(
+            months in prop::collection::vec((0..Signal::ALL.len(), 0..=Province::ALL.len(), 1u32..=12, 0.0f64..1e7), 0..200),
+            probe_signal in 0..Signal::ALL.len(),
+            probe_scope in 0..=Province::ALL.len(),
+        ) {
+            let scope_of = |i: usize| Province::ALL.get(i).map_or(Scope::National, |p| Scope::Province(*p));
+            let mut panel = ProxyPanel::new();
+            let mut keyed: BTreeMap<(Signal, Scope), f64> = BTreeMap::new();
+            for (s, sc, m, v) in &months {
+                panel.set_monthly(Signal::ALL[*s], scope_of(*sc), YearMonth::new(2019, *m), *v);
+            }
+            for (s, sc, _, v) in panel.iter_monthly() {
+                let e = keyed.entry((s, sc)).or_insert(0.0);
+                *e = e.max(v * HISTORY_FACTOR);
+            }
+            let caps = PlausibilityCaps::from_history(&panel);
+            let (signal, scope) = (Signal::ALL[probe_signal], scope_of(probe_scope));
+            let month = keyed.get(&(signal, scope)).copied().unwrap_or_else(|| PlausibilityCaps::fallback_monthly(signal, scope));
+            for g in [Granularity::Hour, Granularity::Day, Granularity::Month] {
+                for ytd in [false, true] {
+                    let (lo, hi) = caps.range(signal, scope, g, ytd);
+                    let want = match signal {
+                        Signal::Temperature => (-70.0, 60.0),
+                        Signal::MobilityIndex => (0.0, 20.0),
+                        _ => (0.0, match g {
+                            Granularity::Month if ytd => month * 12.0,
+                            Granularity::Month => month,
+                            Granularity::Day => month / 28.0 * 2.0,
+                            Granularity::Hour => month / 28.0 * 2.0 / 24.0 * 2.0,
+                        }),
+                    };
+                    prop_assert_eq!((lo, hi), want);
+                }
+            }
+        }
     }
 }

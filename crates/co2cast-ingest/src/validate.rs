@@ -113,7 +113,9 @@ pub struct ValidProxy {
     pub value: f64,
     /// Industry output sent as year-to-date.
     pub ytd: bool,
-    pub source: String,
+    /// Interned: a stream repeats a handful of sources (see [`intern_source`]).
+    #[serde(serialize_with = "serialize_arc_str")]
+    pub source: std::sync::Arc<str>,
     pub revision: u32,
     pub observed_at: Option<DateTime<Utc>>,
     pub corrections: Vec<Correction>,
@@ -404,11 +406,36 @@ pub fn validate_family(
         period_start: start,
         value,
         ytd,
-        source: m.source.into_owned(),
+        source: intern_source(&m.source),
         revision: m.revision.unwrap_or(0),
         observed_at,
         corrections,
     })
+}
+
+/// One shared copy per distinct source name and thread, for the first [`SOURCES_INTERNED`]
+/// names (beyond that, a copy per message): an allocation and a free per message showed in
+/// ingest profiles.
+pub fn intern_source(name: &str) -> std::sync::Arc<str> {
+    thread_local! {
+        static SOURCES: std::cell::RefCell<Vec<std::sync::Arc<str>>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SOURCES.with_borrow_mut(|known| {
+        if let Some(s) = known.iter().find(|s| ***s == *name) {
+            return s.clone();
+        }
+        let s: std::sync::Arc<str> = std::sync::Arc::from(name);
+        if known.len() < SOURCES_INTERNED {
+            known.push(s.clone());
+        }
+        s
+    })
+}
+
+pub const SOURCES_INTERNED: usize = 64;
+
+fn serialize_arc_str<S: serde::Serializer>(s: &std::sync::Arc<str>, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s)
 }
 
 fn scope_name(s: Scope) -> String {
@@ -422,6 +449,22 @@ fn scope_name(s: Scope) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn sources_are_shared_up_to_the_bound_and_always_exact() {
+        let a = intern_source("nbs");
+        assert!(std::sync::Arc::ptr_eq(&a, &intern_source("nbs")));
+        assert!(!std::sync::Arc::ptr_eq(&a, &intern_source("cec")));
+        let names: Vec<String> = (0..2 * SOURCES_INTERNED).map(|i| format!("source-{i}")).collect();
+        for n in &names {
+            assert_eq!(&*intern_source(n), n.as_str());
+        }
+        // Past the bound a name gets its own copy each time, with the same text.
+        let last = names.last().unwrap();
+        let (x, y) = (intern_source(last), intern_source(last));
+        assert_eq!((&*x, &*y), (last.as_str(), last.as_str()));
+        assert!(!std::sync::Arc::ptr_eq(&x, &y));
+    }
 
     fn chrono_parse(s: &str) -> Option<DateTime<Utc>> {
         DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))

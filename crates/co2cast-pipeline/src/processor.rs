@@ -14,7 +14,7 @@ use co2cast_model::estimate::{Band, EnsembleSettings, Estimator, SourceType};
 use co2cast_model::proxy::ProxyPanel;
 use co2cast_model::series::YearMonth;
 use crate::topics::TopicNames;
-use crate::source::{BatchChannel, GroupContext, MessageBatch, Positions, spawn_poll_thread};
+use crate::source::{BatchChannel, FetchQueue, GroupContext, MessageBatch, Positions, spawn_poll_thread};
 use co2cast_model::domain::{Province, Sector};
 use co2cast_model::proxy::Scope;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -47,6 +47,10 @@ pub struct ProcessorConfig {
     /// there; some brokers (tansu 0.6) hold every fetch this long, so a short wait keeps
     /// throughput and latency up there at the cost of more idle fetch requests.
     pub fetch_wait_max_ms: u64,
+    /// How long fetching from a partition pauses once the local prefetch queue is full.
+    /// librdkafka's default (1000 ms) left a processor working through a backlog idle for
+    /// whole seconds after each pause; a short pause resumes as soon as it has caught up.
+    pub fetch_queue_backoff_ms: u64,
     pub session_timeout_ms: u64,
     pub heartbeat_interval_ms: u64,
     /// How long input must be quiet before the processor counts as idle.
@@ -81,6 +85,7 @@ impl Default for ProcessorConfig {
             max_flush_delay_ms: 500,
             poll_timeout_ms: 100,
             fetch_wait_max_ms: 10,
+            fetch_queue_backoff_ms: 10,
             session_timeout_ms: 10_000,
             heartbeat_interval_ms: 1_000,
             idle_after_ms: 1_500,
@@ -142,6 +147,8 @@ pub struct NationalYear {
 pub struct Processor {
     cfg: ProcessorConfig,
     consumer: Arc<BaseConsumer<GroupContext>>,
+    /// Where assigned partitions deliver their messages (holds the consumer too).
+    fetch_queue: Arc<FetchQueue>,
     positions: Positions,
     producer: BaseProducer,
     ckpt: Checkpoint,
@@ -153,6 +160,9 @@ pub struct Processor {
     last_dirty: Option<(i32, Scope)>,
     /// Watermark stream names by signal and granularity (no allocation per message).
     stream_keys: Vec<Option<Box<str>>>,
+    /// The family of the topic seen last (the poll thread interns topic names, and messages
+    /// come in runs per partition: a pointer test instead of string compares per message).
+    last_topic: Option<(Arc<str>, Option<co2cast_ingest::Topic>)>,
     cache: BTreeMap<i32, YearCache>,
     since_flush: u64,
     oldest_unflushed: Option<Instant>,
@@ -272,6 +282,7 @@ impl Processor {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
+            .set("fetch.queue.backoff.ms", cfg.fetch_queue_backoff_ms.to_string())
             .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", cfg.heartbeat_interval_ms.to_string())
             .create_with_context(GroupContext::new(positions.clone()))
@@ -294,10 +305,12 @@ impl Processor {
             }
             None => None,
         };
+        let consumer = Arc::new(consumer);
         let p = Processor {
             lake,
             cfg,
-            consumer: Arc::new(consumer),
+            fetch_queue: Arc::new(FetchQueue::new(consumer.clone())),
+            consumer,
             positions,
             producer,
             ckpt,
@@ -308,6 +321,7 @@ impl Processor {
             dirty: BTreeMap::new(),
             last_dirty: None,
             stream_keys: Vec::new(),
+            last_topic: None,
             cache: BTreeMap::new(),
             since_flush: 0,
             oldest_unflushed: None,
@@ -390,7 +404,7 @@ impl Processor {
         }
         let poll = std::time::Duration::from_millis(self.cfg.poll_timeout_ms);
         let poll_stop = Arc::new(AtomicBool::new(false));
-        let (channel, poller) = spawn_poll_thread(self.consumer.clone(), self.positions.clone(), poll_stop.clone(), poll, 16);
+        let (channel, poller) = spawn_poll_thread(self.fetch_queue.clone(), self.positions.clone(), poll_stop.clone(), poll, 16);
         let result = self.consume(&channel, &stop, exit_when_idle, &mut on_progress);
         let rx = channel.batches;
         poll_stop.store(true, Ordering::Relaxed);
@@ -550,12 +564,20 @@ impl Processor {
         payload: Option<&[u8]>,
     ) -> Result<(), PipelineError> {
         let (topic, partition, offset) = (&*e.topic, e.partition, e.offset);
+        let family = match &self.last_topic {
+            Some((t, f)) if Arc::ptr_eq(t, &e.topic) => *f,
+            _ => {
+                let f = self.cfg.topics.family(topic);
+                self.last_topic = Some((e.topic.clone(), f));
+                f
+            }
+        };
         let c = &mut self.ckpt.counters;
         c.received += 1;
         self.since_flush += 1;
         let result = match payload {
             None => Err(co2cast_ingest::Reject { code: co2cast_ingest::RejectCode::MalformedJson, reason: "empty payload".into() }),
-            Some(p) => match self.cfg.topics.family(topic) {
+            Some(p) => match family {
                 Some(family) => validate_family(family, key, p, now, &self.caps, &self.rules),
                 None => Err(co2cast_ingest::Reject {
                     code: co2cast_ingest::RejectCode::UnknownTopic,

@@ -5,7 +5,15 @@
 //! state) run on two threads, so ingest keeps up with raw consumption on two cores. One
 //! batch buffer holds all keys and payloads of a batch: one allocation per batch, not three
 //! per message.
+//!
+//! Assigned partitions forward their fetched messages to a [`FetchQueue`] of their own, which
+//! the poll thread drains up to [`MAX_BATCH`] messages per call (`rd_kafka_consume_batch_queue`):
+//! one lock and wake-up per batch, where the consumer's event poll costs an event, an
+//! allocation and clock reads per message. Group events (rebalances) stay on the consumer
+//! queue, served between batches. Routing is set before a partition is assigned, so none of
+//! its messages can take the other queue and be handed over out of order.
 
+use rdkafka::bindings as rdsys;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::Message;
@@ -13,7 +21,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -74,6 +82,8 @@ pub struct GroupContext {
     pub total_partitions: AtomicUsize,
     /// When partitions were last assigned: input cannot be called quiet before they had time to deliver.
     assigned_at: Mutex<Option<Instant>>,
+    /// The queue assigned partitions are routed to (owned by [`FetchQueue`]; null when none).
+    fetch_queue: AtomicPtr<rdsys::rd_kafka_queue_t>,
 }
 
 impl GroupContext {
@@ -83,6 +93,7 @@ impl GroupContext {
             assigned: AtomicUsize::new(0),
             total_partitions: AtomicUsize::new(0),
             assigned_at: Mutex::new(None),
+            fetch_queue: AtomicPtr::new(std::ptr::null_mut()),
         }
     }
 
@@ -104,9 +115,13 @@ impl ConsumerContext for GroupContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let elems: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+                let fetch_queue = self.fetch_queue.load(Ordering::Acquire);
                 for (t, p) in &elems {
                     let offset = self.positions.get(t, *p).map(Offset::Offset).unwrap_or(Offset::Beginning);
                     let _ = tpl.set_partition_offset(t, *p, offset);
+                    if !fetch_queue.is_null() {
+                        route_partition(consumer, fetch_queue, t, *p);
+                    }
                 }
                 match consumer.assign(tpl) {
                     Ok(()) => {
@@ -130,6 +145,71 @@ impl ConsumerContext for GroupContext {
                 let _ = consumer.unassign();
             }
         }
+    }
+}
+
+/// Forwards a partition's fetched messages to `queue`. Called before the partition is
+/// assigned: librdkafka keeps a forward the application set when fetching starts (it clears it
+/// when fetching stops, hence once per assignment).
+fn route_partition(consumer: &BaseConsumer<GroupContext>, queue: *mut rdsys::rd_kafka_queue_t, topic: &str, partition: i32) {
+    let Ok(name) = std::ffi::CString::new(topic) else { return };
+    // SAFETY: the client handle is live (we are inside its poll); the partition queue handle
+    // is released right after the forward, which librdkafka keeps on the partition.
+    unsafe {
+        let pq = rdsys::rd_kafka_queue_get_partition(consumer.client().native_ptr(), name.as_ptr(), partition);
+        if pq.is_null() {
+            tracing::warn!(message = "No partition queue; messages stay on the consumer queue.", topic, partition);
+            return;
+        }
+        rdsys::rd_kafka_queue_forward(pq, queue);
+        rdsys::rd_kafka_queue_destroy(pq);
+    }
+}
+
+/// The queue assigned partitions forward their messages to, drained in batches by the poll
+/// thread. It holds the consumer so that it is always destroyed before the consumer is.
+pub struct FetchQueue {
+    queue: *mut rdsys::rd_kafka_queue_t,
+    consumer: Arc<BaseConsumer<GroupContext>>,
+}
+
+// SAFETY: librdkafka queues are thread-safe; the handle is only destroyed in `drop`.
+unsafe impl Send for FetchQueue {}
+unsafe impl Sync for FetchQueue {}
+
+impl FetchQueue {
+    /// Creates the queue and registers it for partitions assigned from now on.
+    pub fn new(consumer: Arc<BaseConsumer<GroupContext>>) -> FetchQueue {
+        // SAFETY: the client handle is live for as long as `consumer`, which we hold.
+        let queue = unsafe { rdsys::rd_kafka_queue_new(consumer.client().native_ptr()) };
+        consumer.context().fetch_queue.store(queue, Ordering::Release);
+        FetchQueue { queue, consumer }
+    }
+
+    /// Replaces the contents of `into` with up to `max` messages, waiting at most `timeout`
+    /// for the first. The caller owns (and must destroy) the messages.
+    fn take(&self, timeout: std::time::Duration, max: usize, into: &mut Vec<*mut rdsys::rd_kafka_message_t>) {
+        into.clear();
+        into.reserve(max);
+        if max == 0 {
+            return;
+        }
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: `into` has room for `max` pointers; librdkafka writes at most that many.
+        unsafe {
+            let n = rdsys::rd_kafka_consume_batch_queue(self.queue, ms, into.as_mut_ptr(), max);
+            if n > 0 {
+                into.set_len(n as usize);
+            }
+        }
+    }
+}
+
+impl Drop for FetchQueue {
+    fn drop(&mut self) {
+        self.consumer.context().fetch_queue.store(std::ptr::null_mut(), Ordering::Release);
+        // SAFETY: created in `new`, destroyed once; the consumer (field) outlives this call.
+        unsafe { rdsys::rd_kafka_queue_destroy(self.queue) };
     }
 }
 
@@ -171,6 +251,10 @@ impl MessageBatch {
     }
 
     fn push(&mut self, topic: Arc<str>, m: &rdkafka::message::BorrowedMessage<'_>) {
+        self.push_parts(topic, m.partition(), m.offset(), m.timestamp().to_millis(), m.key(), m.payload());
+    }
+
+    fn push_parts(&mut self, topic: Arc<str>, partition: i32, offset: i64, timestamp_ms: Option<i64>, key: Option<&[u8]>, payload: Option<&[u8]>) {
         let mut copy = |b: Option<&[u8]>| {
             b.map(|b| {
                 let s = self.buf.len();
@@ -178,19 +262,12 @@ impl MessageBatch {
                 s..self.buf.len()
             })
         };
-        let key = copy(m.key());
-        let payload = copy(m.payload());
+        let key = copy(key);
+        let payload = copy(payload);
         if self.first_polled.is_none() {
             self.first_polled = Some(Instant::now());
         }
-        self.entries.push(BatchEntry {
-            topic,
-            partition: m.partition(),
-            offset: m.offset(),
-            timestamp_ms: m.timestamp().to_millis(),
-            key,
-            payload,
-        });
+        self.entries.push(BatchEntry { topic, partition, offset, timestamp_ms, key, payload });
     }
 }
 
@@ -201,10 +278,11 @@ pub struct BatchChannel {
     pub recycle: Sender<MessageBatch>,
 }
 
-/// Polls `consumer` on a thread until `stop` is set; batches go to the returned channel,
-/// which holds at most `queue_batches` batches (back-pressure on the poll thread).
+/// Polls the consumer and drains `fetch` on a thread until `stop` is set; batches go to the
+/// returned channel, which holds at most `queue_batches` batches (back-pressure on the poll
+/// thread).
 pub fn spawn_poll_thread(
-    consumer: Arc<BaseConsumer<GroupContext>>,
+    fetch: Arc<FetchQueue>,
     positions: Positions,
     stop: Arc<AtomicBool>,
     poll_timeout: std::time::Duration,
@@ -214,64 +292,127 @@ pub fn spawn_poll_thread(
     let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<MessageBatch>();
     let handle = std::thread::Builder::new()
         .name("co2cast-poll".into())
-        .spawn(move || poll_loop(&consumer, &positions, &stop, poll_timeout, &tx, &recycle_rx))
+        .spawn(move || {
+            let mut poller = Poller { positions: &positions, topics: HashMap::new(), slots: HashMap::new(), last: None };
+            poller.run(&fetch, &stop, poll_timeout, &tx, &recycle_rx)
+        })
         .expect("spawn poll thread");
     (BatchChannel { batches: rx, recycle: recycle_tx }, handle)
 }
 
-fn poll_loop(
-    consumer: &BaseConsumer<GroupContext>,
-    positions: &Positions,
-    stop: &AtomicBool,
-    poll_timeout: std::time::Duration,
-    tx: &SyncSender<MessageBatch>,
-    recycled: &Receiver<MessageBatch>,
-) {
-    let mut topics: HashMap<String, Arc<str>> = HashMap::new();
-    let mut slots: HashMap<(Arc<str>, i32), Arc<AtomicI64>> = HashMap::new();
-    let mut last: Option<(Arc<str>, i32, Arc<AtomicI64>)> = None;
-    let mut batch = MessageBatch::default();
-    while !stop.load(Ordering::Relaxed) {
-        // Block only when there is nothing to hand over; otherwise take what is queued.
-        let timeout = if batch.entries.is_empty() { poll_timeout } else { std::time::Duration::ZERO };
-        match consumer.poll(timeout) {
-            Some(Ok(m)) => {
-                let topic = match topics.get(m.topic()) {
-                    Some(t) => t.clone(),
-                    None => {
-                        let t: Arc<str> = Arc::from(m.topic());
-                        topics.insert(m.topic().to_string(), t.clone());
-                        t
+/// The poll thread's bookkeeping: interned topic names and the position slot of the
+/// partition seen last (messages come in runs per partition).
+struct Poller<'a> {
+    positions: &'a Positions,
+    /// By librdkafka topic handle (messages from the fetch queue) or name (the consumer's).
+    topics: HashMap<TopicId, Arc<str>>,
+    slots: HashMap<(Arc<str>, i32), Arc<AtomicI64>>,
+    last: Option<(Arc<str>, i32, Arc<AtomicI64>)>,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+enum TopicId {
+    Handle(usize),
+    Name(String),
+}
+
+impl Poller<'_> {
+    fn run(
+        &mut self,
+        fetch: &FetchQueue,
+        stop: &AtomicBool,
+        poll_timeout: std::time::Duration,
+        tx: &SyncSender<MessageBatch>,
+        recycled: &Receiver<MessageBatch>,
+    ) {
+        let consumer = &*fetch.consumer;
+        let mut taken: Vec<*mut rdsys::rd_kafka_message_t> = Vec::with_capacity(MAX_BATCH);
+        let mut batch = MessageBatch::default();
+        while !stop.load(Ordering::Relaxed) {
+            // Group events (a rebalance runs its callback here) and any message that reached
+            // the consumer queue rather than the fetch queue.
+            while let Some(r) = consumer.poll(std::time::Duration::ZERO) {
+                match r {
+                    Ok(m) => {
+                        let topic = self.topic(TopicId::Name(m.topic().to_string()), || m.topic().to_string());
+                        self.advance(&topic, m.partition(), m.offset());
+                        batch.push(topic, &m);
                     }
-                };
-                // Recorded before the next poll, inside which a rebalance may run.
-                let slot = match &last {
-                    Some((t, p, s)) if Arc::ptr_eq(t, &topic) && *p == m.partition() => s.clone(),
-                    _ => {
-                        let s = slots
-                            .entry((topic.clone(), m.partition()))
-                            .or_insert_with(|| positions.slot(&topic, m.partition()))
-                            .clone();
-                        last = Some((topic.clone(), m.partition(), s.clone()));
-                        s
-                    }
-                };
-                slot.store(m.offset() + 1, Ordering::Release);
-                batch.push(topic, &m);
-                if batch.entries.len() >= MAX_BATCH && !hand_over(&mut batch, tx, recycled) {
-                    return;
+                    Err(e) => tracing::warn!(message = "Kafka consumer error.", error = %e),
+                }
+                if batch.entries.len() >= MAX_BATCH {
+                    break;
                 }
             }
-            Some(Err(e)) => tracing::warn!(message = "Kafka consumer error.", error = %e),
-            None => {
-                if !batch.entries.is_empty() && !hand_over(&mut batch, tx, recycled) {
+            // Block only when there is nothing to hand over, and not for long: rebalances
+            // wait on the consumer queue meanwhile.
+            let timeout = if batch.entries.is_empty() { poll_timeout.min(std::time::Duration::from_millis(50)) } else { std::time::Duration::ZERO };
+            fetch.take(timeout, MAX_BATCH.saturating_sub(batch.entries.len()), &mut taken);
+            for &m in &taken {
+                self.take_native(m, &mut batch);
+            }
+            if batch.entries.len() >= MAX_BATCH || (taken.is_empty() && !batch.entries.is_empty()) {
+                if !hand_over(&mut batch, tx, recycled) {
                     return;
                 }
             }
         }
+        if !batch.entries.is_empty() {
+            hand_over(&mut batch, tx, recycled);
+        }
     }
-    if !batch.entries.is_empty() {
-        hand_over(&mut batch, tx, recycled);
+
+    /// Copies one message from the fetch queue into the batch and releases it.
+    fn take_native(&mut self, m: *mut rdsys::rd_kafka_message_t, batch: &mut MessageBatch) {
+        // SAFETY: `m` came from rd_kafka_consume_batch_queue and is destroyed exactly once,
+        // here, after its key and payload were copied.
+        unsafe {
+            let msg = &*m;
+            if msg.err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                let reason = std::ffi::CStr::from_ptr(rdsys::rd_kafka_err2str(msg.err)).to_string_lossy();
+                tracing::warn!(message = "Kafka consumer error.", error = %reason, partition = msg.partition);
+            } else {
+                let rkt = msg.rkt;
+                let topic = self.topic(TopicId::Handle(rkt as usize), || {
+                    std::ffi::CStr::from_ptr(rdsys::rd_kafka_topic_name(rkt)).to_string_lossy().into_owned()
+                });
+                let bytes = |p: *mut std::ffi::c_void, len: usize| (!p.is_null()).then(|| std::slice::from_raw_parts(p as *const u8, len));
+                let mut ts_type = rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+                let ts = rdsys::rd_kafka_message_timestamp(m, &mut ts_type);
+                let ts = (ts_type != rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE && ts >= 0).then_some(ts);
+                self.advance(&topic, msg.partition, msg.offset);
+                batch.push_parts(topic, msg.partition, msg.offset, ts, bytes(msg.key, msg.key_len), bytes(msg.payload, msg.len));
+            }
+            rdsys::rd_kafka_message_destroy(m);
+        }
+    }
+
+    fn topic(&mut self, id: TopicId, name: impl FnOnce() -> String) -> Arc<str> {
+        if let Some(t) = self.topics.get(&id) {
+            return t.clone();
+        }
+        let name = name();
+        // One Arc per name, whichever queue it came from (the processor compares by pointer).
+        let t = self.topics.values().find(|t| ***t == *name).cloned().unwrap_or_else(|| Arc::from(name));
+        self.topics.insert(id, t.clone());
+        t
+    }
+
+    /// Records the next offset of a partition before the next poll, inside which a rebalance
+    /// may run.
+    fn advance(&mut self, topic: &Arc<str>, partition: i32, offset: i64) {
+        let slot = match &self.last {
+            Some((t, p, s)) if Arc::ptr_eq(t, topic) && *p == partition => s,
+            _ => {
+                let s = self
+                    .slots
+                    .entry((topic.clone(), partition))
+                    .or_insert_with(|| self.positions.slot(topic, partition))
+                    .clone();
+                &self.last.insert((topic.clone(), partition, s)).2
+            }
+        };
+        slot.store(offset + 1, Ordering::Release);
     }
 }
 
