@@ -186,21 +186,23 @@ impl FetchQueue {
         FetchQueue { queue, consumer }
     }
 
-    /// Replaces the contents of `into` with up to `max` messages, waiting at most `timeout`
-    /// for the first. The caller owns (and must destroy) the messages.
-    fn take(&self, timeout: std::time::Duration, max: usize, into: &mut Vec<*mut rdsys::rd_kafka_message_t>) {
-        into.clear();
+    /// Appends up to `max` messages to `into`, waiting at most `timeout`. librdkafka returns
+    /// early only once `max` messages are there, so a caller that must not hold on to a
+    /// first message asks for one with a timeout, then for the rest without. The caller owns
+    /// (and must destroy) the messages.
+    fn take(&self, timeout: std::time::Duration, max: usize, into: &mut Vec<*mut rdsys::rd_kafka_message_t>) -> usize {
         into.reserve(max);
         if max == 0 {
-            return;
+            return 0;
         }
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: `into` has room for `max` pointers; librdkafka writes at most that many.
+        let len = into.len();
+        // SAFETY: `into` has room for `max` more pointers; librdkafka writes at most that many.
         unsafe {
-            let n = rdsys::rd_kafka_consume_batch_queue(self.queue, ms, into.as_mut_ptr(), max);
-            if n > 0 {
-                into.set_len(n as usize);
-            }
+            let n = rdsys::rd_kafka_consume_batch_queue(self.queue, ms, into.as_mut_ptr().add(len), max);
+            let n = usize::try_from(n).unwrap_or(0);
+            into.set_len(len + n);
+            n
         }
     }
 }
@@ -345,9 +347,17 @@ impl Poller<'_> {
                 }
             }
             // Block only when there is nothing to hand over, and not for long: rebalances
-            // wait on the consumer queue meanwhile.
-            let timeout = if batch.entries.is_empty() { poll_timeout.min(std::time::Duration::from_millis(50)) } else { std::time::Duration::ZERO };
-            fetch.take(timeout, MAX_BATCH.saturating_sub(batch.entries.len()), &mut taken);
+            // wait on the consumer queue meanwhile. The wait is for one message, so that a
+            // trickle is handed over at once, then whatever else is queued is taken.
+            taken.clear();
+            let room = MAX_BATCH.saturating_sub(batch.entries.len());
+            if batch.entries.is_empty() {
+                if fetch.take(poll_timeout.min(std::time::Duration::from_millis(50)), 1, &mut taken) == 1 {
+                    fetch.take(std::time::Duration::ZERO, room - 1, &mut taken);
+                }
+            } else {
+                fetch.take(std::time::Duration::ZERO, room, &mut taken);
+            }
             for &m in &taken {
                 self.take_native(m, &mut batch);
             }
