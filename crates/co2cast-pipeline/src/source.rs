@@ -295,7 +295,7 @@ pub fn spawn_poll_thread(
     let handle = std::thread::Builder::new()
         .name("co2cast-poll".into())
         .spawn(move || {
-            let mut poller = Poller { positions: &positions, topics: HashMap::new(), slots: HashMap::new(), last: None };
+            let mut poller = Poller { positions: &positions, names: Vec::new(), by_handle: HashMap::new(), slots: HashMap::new(), last: None };
             poller.run(&fetch, &stop, poll_timeout, &tx, &recycle_rx)
         })
         .expect("spawn poll thread");
@@ -306,16 +306,12 @@ pub fn spawn_poll_thread(
 /// partition seen last (messages come in runs per partition).
 struct Poller<'a> {
     positions: &'a Positions,
-    /// By librdkafka topic handle (messages from the fetch queue) or name (the consumer's).
-    topics: HashMap<TopicId, Arc<str>>,
+    /// One `Arc` per topic name (a handful of proxy topics; the processor compares by pointer).
+    names: Vec<Arc<str>>,
+    /// Names by librdkafka topic handle, for messages from the fetch queue.
+    by_handle: HashMap<usize, Arc<str>>,
     slots: HashMap<(Arc<str>, i32), Arc<AtomicI64>>,
     last: Option<(Arc<str>, i32, Arc<AtomicI64>)>,
-}
-
-#[derive(PartialEq, Eq, Hash)]
-enum TopicId {
-    Handle(usize),
-    Name(String),
 }
 
 impl Poller<'_> {
@@ -336,7 +332,7 @@ impl Poller<'_> {
             while let Some(r) = consumer.poll(std::time::Duration::ZERO) {
                 match r {
                     Ok(m) => {
-                        let topic = self.topic(TopicId::Name(m.topic().to_string()), || m.topic().to_string());
+                        let topic = self.topic(m.topic());
                         self.advance(&topic, m.partition(), m.offset());
                         batch.push(topic, &m);
                     }
@@ -383,9 +379,14 @@ impl Poller<'_> {
                 tracing::warn!(message = "Kafka consumer error.", error = %reason, partition = msg.partition);
             } else {
                 let rkt = msg.rkt;
-                let topic = self.topic(TopicId::Handle(rkt as usize), || {
-                    std::ffi::CStr::from_ptr(rdsys::rd_kafka_topic_name(rkt)).to_string_lossy().into_owned()
-                });
+                let topic = match self.by_handle.get(&(rkt as usize)) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let t = self.topic(&std::ffi::CStr::from_ptr(rdsys::rd_kafka_topic_name(rkt)).to_string_lossy());
+                        self.by_handle.insert(rkt as usize, t.clone());
+                        t
+                    }
+                };
                 let bytes = |p: *mut std::ffi::c_void, len: usize| (!p.is_null()).then(|| std::slice::from_raw_parts(p as *const u8, len));
                 let mut ts_type = rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
                 let ts = rdsys::rd_kafka_message_timestamp(m, &mut ts_type);
@@ -397,14 +398,12 @@ impl Poller<'_> {
         }
     }
 
-    fn topic(&mut self, id: TopicId, name: impl FnOnce() -> String) -> Arc<str> {
-        if let Some(t) = self.topics.get(&id) {
+    fn topic(&mut self, name: &str) -> Arc<str> {
+        if let Some(t) = self.names.iter().find(|t| ***t == *name) {
             return t.clone();
         }
-        let name = name();
-        // One Arc per name, whichever queue it came from (the processor compares by pointer).
-        let t = self.topics.values().find(|t| ***t == *name).cloned().unwrap_or_else(|| Arc::from(name));
-        self.topics.insert(id, t.clone());
+        let t: Arc<str> = Arc::from(name);
+        self.names.push(t.clone());
         t
     }
 
