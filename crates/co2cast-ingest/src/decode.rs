@@ -20,9 +20,9 @@ pub fn decode(payload: &[u8]) -> Result<RawProxyMessage<'_>, serde_json::Error> 
 
 /// The scanner alone: `None` means "not the plain form; ask serde".
 pub fn scan(payload: &[u8]) -> Option<RawProxyMessage<'_>> {
-    // One UTF-8 check for the whole body; every slice below starts and ends at ASCII bytes.
-    let text = std::str::from_utf8(payload).ok()?;
-    let b = text.as_bytes();
+    // UTF-8 is checked where it can occur: inside strings (see `string`). Everything else
+    // must match ASCII grammar bytes, so a stray non-ASCII byte there declines the body.
+    let b = payload;
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return None;
@@ -31,7 +31,7 @@ pub fn scan(payload: &[u8]) -> Option<RawProxyMessage<'_>> {
     let mut f = Fields::default();
     let mut seen = 0u16;
     loop {
-        let (key, j) = string(text, i)?;
+        let (key, j) = string(b, i)?;
         i = skip_ws(b, j);
         if b.get(i) != Some(&b':') {
             return None;
@@ -44,12 +44,12 @@ pub fn scan(payload: &[u8]) -> Option<RawProxyMessage<'_>> {
         }
         seen |= bit;
         i = match field {
-            Field::Province => set(&mut f.province, string(text, i)?),
-            Field::PeriodStart => set(&mut f.period_start, string(text, i)?),
-            Field::Unit => set(&mut f.unit, string(text, i)?),
-            Field::Source => set(&mut f.source, string(text, i)?),
+            Field::Province => set(&mut f.province, string(b, i)?),
+            Field::PeriodStart => set(&mut f.period_start, string(b, i)?),
+            Field::Unit => set(&mut f.unit, string(b, i)?),
+            Field::Source => set(&mut f.source, string(b, i)?),
             Field::Granularity => {
-                let (s, j) = string(text, i)?;
+                let (s, j) = string(b, i)?;
                 f.granularity = Some(match s {
                     "hour" => Granularity::Hour,
                     "day" => Granularity::Day,
@@ -59,24 +59,24 @@ pub fn scan(payload: &[u8]) -> Option<RawProxyMessage<'_>> {
                 j
             }
             Field::Value => {
-                let (v, j) = number(text, i)?;
+                let (v, j) = number(b, i)?;
                 f.value = Some(v);
                 j
             }
             Field::Revision => match null(b, i) {
                 Some(j) => j,
                 None => {
-                    let (r, j) = unsigned(text, i)?;
+                    let (r, j) = unsigned(b, i)?;
                     f.revision = Some(r);
                     j
                 }
             },
-            Field::ObservedAt => optional(&mut f.observed_at, text, i)?,
-            Field::Fuel => optional(&mut f.fuel, text, i)?,
-            Field::Product => optional(&mut f.product, text, i)?,
-            Field::ValueType => optional(&mut f.value_type, text, i)?,
-            Field::Kind => optional(&mut f.kind, text, i)?,
-            Field::City => optional(&mut f.city, text, i)?,
+            Field::ObservedAt => optional(&mut f.observed_at, b, i)?,
+            Field::Fuel => optional(&mut f.fuel, b, i)?,
+            Field::Product => optional(&mut f.product, b, i)?,
+            Field::ValueType => optional(&mut f.value_type, b, i)?,
+            Field::Kind => optional(&mut f.kind, b, i)?,
+            Field::City => optional(&mut f.city, b, i)?,
         };
         i = skip_ws(b, i);
         match b.get(i) {
@@ -143,22 +143,25 @@ enum Field {
 }
 
 impl Field {
-    /// The fields of [`RawProxyMessage`]; an unknown one is serde's to reject.
+    /// The fields of [`RawProxyMessage`]; an unknown one is serde's to reject. Length and
+    /// first byte tell the candidates apart, so each key costs one fixed-length compare.
     fn of(key: &str) -> Option<Field> {
-        Some(match key {
-            "province" => Field::Province,
-            "period_start" => Field::PeriodStart,
-            "granularity" => Field::Granularity,
-            "value" => Field::Value,
-            "unit" => Field::Unit,
-            "source" => Field::Source,
-            "revision" => Field::Revision,
-            "observed_at" => Field::ObservedAt,
-            "fuel" => Field::Fuel,
-            "product" => Field::Product,
-            "value_type" => Field::ValueType,
-            "kind" => Field::Kind,
-            "city" => Field::City,
+        let k = key.as_bytes();
+        // Comparing with arrays (not slices) lets the compiler compare fixed-width words.
+        Some(match (k.len(), *k.first()?) {
+            (8, b'p') if k == b"province" => Field::Province,
+            (12, b'p') if k == b"period_start" => Field::PeriodStart,
+            (11, b'g') if k == b"granularity" => Field::Granularity,
+            (5, b'v') if k == b"value" => Field::Value,
+            (4, b'u') if k == b"unit" => Field::Unit,
+            (6, b's') if k == b"source" => Field::Source,
+            (8, b'r') if k == b"revision" => Field::Revision,
+            (11, b'o') if k == b"observed_at" => Field::ObservedAt,
+            (4, b'f') if k == b"fuel" => Field::Fuel,
+            (7, b'p') if k == b"product" => Field::Product,
+            (10, b'v') if k == b"value_type" => Field::ValueType,
+            (4, b'k') if k == b"kind" => Field::Kind,
+            (4, b'c') if k == b"city" => Field::City,
             _ => return None,
         })
     }
@@ -170,10 +173,10 @@ fn set<'a>(slot: &mut Option<&'a str>, (s, j): (&'a str, usize)) -> usize {
 }
 
 /// A string or `null` for an optional field.
-fn optional<'a>(slot: &mut Option<&'a str>, text: &'a str, i: usize) -> Option<usize> {
-    match null(text.as_bytes(), i) {
+fn optional<'a>(slot: &mut Option<&'a str>, b: &'a [u8], i: usize) -> Option<usize> {
+    match null(b, i) {
         Some(j) => Some(j),
-        None => Some(set(slot, string(text, i)?)),
+        None => Some(set(slot, string(b, i)?)),
     }
 }
 
@@ -188,21 +191,57 @@ fn null(b: &[u8], i: usize) -> Option<usize> {
     b.get(i..i + 4).filter(|w| *w == b"null").map(|_| i + 4)
 }
 
-/// A string without escapes or control characters, and the index after its closing quote.
-fn string(text: &str, i: usize) -> Option<(&str, usize)> {
-    let b = text.as_bytes();
+/// A string without escapes or control characters, and the index after its closing quote;
+/// `None` also for invalid UTF-8. Eight bytes at a time while they are plain ASCII: strings
+/// are most of a body's bytes.
+#[inline(always)]
+fn string(b: &[u8], i: usize) -> Option<(&str, usize)> {
     if b.get(i) != Some(&b'"') {
         return None;
     }
     let start = i + 1;
     let mut j = start;
+    while let Some(chunk) = b.get(j..j + 8) {
+        let flags = special_bytes(u64::from_le_bytes(chunk.try_into().ok()?));
+        if flags != 0 {
+            j += flags.trailing_zeros() as usize / 8;
+            break;
+        }
+        j += 8;
+    }
+    let mut ascii = true;
     loop {
         match *b.get(j)? {
-            b'"' => return Some((&text[start..j], j + 1)),
+            b'"' => break,
             b'\\' | 0..=0x1f => return None,
-            _ => j += 1,
+            c => {
+                ascii &= c.is_ascii();
+                j += 1;
+            }
         }
     }
+    let raw = &b[start..j];
+    let s = if ascii {
+        // SAFETY: every byte of `raw` was checked to be ASCII, by word (`special_bytes` flags
+        // high bytes) or in the byte loop, and ASCII is valid UTF-8.
+        unsafe { std::str::from_utf8_unchecked(raw) }
+    } else {
+        std::str::from_utf8(raw).ok()?
+    };
+    Some((s, j + 1))
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Flags (high bit of the byte) the bytes of a little-endian word that end the ASCII run of
+/// a plain string: `"`, `\`, below 0x20, or non-ASCII. A borrow can flag a byte above a
+/// flagged one falsely, never below, so the lowest flag is exact — the only one [`string`]
+/// reads.
+fn special_bytes(w: u64) -> u64 {
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+    zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\'))) | below_space | (w & HIGHS)
 }
 
 /// The extent of a JSON number at `i` (grammar checked), and the index after it.
@@ -239,20 +278,28 @@ fn number_extent(b: &[u8], i: usize) -> Option<(usize, bool)> {
     Some((j, integer))
 }
 
+/// A number's text, which [`number_extent`] admitted: digits, `-`, `+`, `.`, `e`, `E`.
+fn ascii(number: &[u8]) -> &str {
+    debug_assert!(number.is_ascii());
+    // SAFETY: callers pass a slice `number_extent` accepted, which holds only the ASCII bytes
+    // above; ASCII is valid UTF-8.
+    unsafe { std::str::from_utf8_unchecked(number) }
+}
+
 /// A finite number. `str::parse` rounds correctly, as serde_json does with `float_roundtrip`.
-fn number(text: &str, i: usize) -> Option<(f64, usize)> {
-    let (j, _) = number_extent(text.as_bytes(), i)?;
-    let v: f64 = text[i..j].parse().ok()?;
+fn number(b: &[u8], i: usize) -> Option<(f64, usize)> {
+    let (j, _) = number_extent(b, i)?;
+    let v: f64 = ascii(&b[i..j]).parse().ok()?;
     v.is_finite().then_some((v, j))
 }
 
 /// A non-negative integer literal that fits a `u32`.
-fn unsigned(text: &str, i: usize) -> Option<(u32, usize)> {
-    let (j, integer) = number_extent(text.as_bytes(), i)?;
-    if !integer || text.as_bytes()[i] == b'-' {
+fn unsigned(b: &[u8], i: usize) -> Option<(u32, usize)> {
+    let (j, integer) = number_extent(b, i)?;
+    if !integer || b[i] == b'-' {
         return None;
     }
-    Some((text[i..j].parse().ok()?, j))
+    Some((ascii(&b[i..j]).parse().ok()?, j))
 }
 
 #[cfg(test)]
@@ -279,6 +326,26 @@ mod tests {
             let theirs = serde_json::from_str::<RawProxyMessage>(&body).unwrap();
             assert_eq!(m.value.to_bits(), theirs.value.to_bits(), "{v}: {} vs {}", m.value, theirs.value);
         }
+    }
+
+    #[test]
+    fn non_ascii_strings_are_scanned_and_invalid_utf8_is_left_to_serde() {
+        let body = PLAIN.replace("simulate", "国家统计局 — NBS");
+        let m = scan(body.as_bytes()).expect("valid UTF-8 in a string is the scanner's");
+        assert_eq!(m, serde_json::from_str::<RawProxyMessage>(&body).unwrap());
+        for bad in [&[0xe5u8, 0x9b][..], &[0xff], &[0xc0, 0xaf], &[0xed, 0xa0, 0x80]] {
+            for at in [PLAIN.find("simulate").unwrap(), PLAIN.find("GWh").unwrap() + 1] {
+                let mut body = PLAIN.as_bytes().to_vec();
+                body.splice(at..at, bad.iter().copied());
+                assert!(scan(&body).is_none());
+                let ours = decode(&body).map_err(|e| e.to_string());
+                let theirs = serde_json::from_slice::<RawProxyMessage>(&body).map_err(|e| e.to_string());
+                assert_eq!(ours, theirs);
+            }
+        }
+        // Outside strings a non-ASCII byte is never grammar.
+        let body = PLAIN.replacen(',', ",\u{a0}", 1);
+        assert!(scan(body.as_bytes()).is_none());
     }
 
     #[test]
@@ -390,8 +457,53 @@ mod tests {
         assert!(scanned > n / 20 && declined_but_valid >= 10, "scanned {scanned}, declined but valid {declined_but_valid} of {n}");
     }
 
+    /// The byte-at-a-time definition of [`string`].
+    fn string_reference(text: &str, i: usize) -> Option<(&str, usize)> {
+        let b = text.as_bytes();
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let mut j = i + 1;
+        loop {
+            match *b.get(j)? {
+                b'"' => return Some((&text[i + 1..j], j + 1)),
+                b'\\' | 0..=0x1f => return None,
+                _ => j += 1,
+            }
+        }
+    }
+
+    #[test]
+    fn every_special_byte_is_found_at_every_position() {
+        for special in [b'"', b'\\', 0u8, 0x1f, b'\n'] {
+            for len in 0..20 {
+                for at in 0..len {
+                    let mut body = vec![b'a'; len];
+                    body[at] = special;
+                    // Ordinary bytes next to the boundaries of the checks, then a quote.
+                    let mut text = vec![b'"'];
+                    text.extend(body.iter().map(|&c| if c == b'a' { [b'!', b'#', b' ', b'[', b']', 0x7f][at % 6] } else { c }));
+                    text.push(b'"');
+                    let text = String::from_utf8(text).unwrap();
+                    assert_eq!(string(text.as_bytes(), 0), string_reference(&text, 0), "{text:?}");
+                }
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// The word-at-a-time scan finds what the byte loop finds.
+        #[test]
+        fn string_scan_agrees_with_the_byte_loop(s in "\\PC{0,40}", controls in prop::collection::vec((0usize..48, prop::sample::select(vec!['"', '\\', '\u{1}', '\u{1f}', '\t'])), 0..3)) {
+            let mut chars: Vec<char> = s.chars().collect();
+            for (at, c) in controls {
+                chars.insert(at.min(chars.len()), c);
+            }
+            let text: String = std::iter::once('"').chain(chars).chain(std::iter::once('"')).collect();
+            prop_assert_eq!(string(text.as_bytes(), 0), string_reference(&text, 0));
+        }
 
         /// Wherever the scanner answers, serde answers the same; and decode() always answers
         /// as serde does.

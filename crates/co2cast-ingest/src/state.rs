@@ -168,7 +168,7 @@ impl<'de> Deserialize<'de> for ProxyState {
 }
 
 pub fn key_of(v: &ValidProxy) -> StateKey {
-    StateKey { signal: v.signal, scope: v.scope, granularity: v.granularity, period_start: v.period_start.timestamp(), ytd: v.ytd }
+    StateKey { signal: v.signal, scope: v.scope, granularity: v.granularity, period_start: v.period_start_s, ytd: v.ytd }
 }
 
 impl ProxyState {
@@ -368,7 +368,7 @@ mod tests {
                 signal: Signal::ALL[sig],
                 scope: prov.map_or(Scope::National, |p| Scope::Province(Province::ALL[p])),
                 granularity,
-                period_start: DateTime::from_timestamp(start, 0).unwrap(),
+                period_start_s: start,
                 value: f64::from(value),
                 ytd,
                 source: "test".into(),

@@ -5,6 +5,7 @@
 use crate::caps::PlausibilityCaps;
 use crate::message::{Granularity, RawProxyMessage, Topic};
 use chrono::{DateTime, Datelike, Duration, NaiveDateTime, Utc};
+use co2cast_model::calendar::civil::{days_from_civil, month_length};
 use co2cast_model::calendar::shanghai;
 use co2cast_model::domain::Province;
 use co2cast_model::domain::units::normalise_unit;
@@ -107,8 +108,9 @@ pub struct ValidProxy {
     pub signal: Signal,
     pub scope: Scope,
     pub granularity: Granularity,
-    /// Start of the period (UTC instant).
-    pub period_start: DateTime<Utc>,
+    /// Start of the period, Unix seconds (whole seconds: validation rejects fractions). Kept
+    /// as a number because every message needs its key, end and watermark from it.
+    pub period_start_s: i64,
     /// In `signal.unit()`.
     pub value: f64,
     /// Industry output sent as year-to-date.
@@ -122,25 +124,39 @@ pub struct ValidProxy {
 }
 
 impl ValidProxy {
+    pub fn period_start(&self) -> DateTime<Utc> {
+        instant(self.period_start_s)
+    }
+
     pub fn local_start(&self) -> NaiveDateTime {
-        self.period_start.with_timezone(&shanghai()).naive_local()
+        self.period_start().with_timezone(&shanghai()).naive_local()
+    }
+
+    /// End of the period, Unix seconds.
+    pub fn period_end_s(&self) -> i64 {
+        period_end_s(self.period_start_s, self.granularity)
     }
 
     pub fn period_end(&self) -> DateTime<Utc> {
-        period_end(self.period_start, self.granularity)
+        instant(self.period_end_s())
     }
 }
 
-pub fn period_end(start: DateTime<Utc>, g: Granularity) -> DateTime<Utc> {
+/// A Unix time in whole seconds as an instant (saturating at chrono's range).
+fn instant(s: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(s, 0).unwrap_or(if s < 0 { DateTime::<Utc>::MIN_UTC } else { DateTime::<Utc>::MAX_UTC })
+}
+
+/// End of a period that starts at `start_s` (Unix seconds, aligned to its granularity).
+pub fn period_end_s(start_s: i64, g: Granularity) -> i64 {
     match g {
-        // Unix-time arithmetic: chrono's checked Duration addition showed in ingest profiles.
-        Granularity::Hour => DateTime::from_timestamp(start.timestamp() + 3600, start.timestamp_subsec_nanos()).unwrap_or(start),
-        Granularity::Day => DateTime::from_timestamp(start.timestamp() + 86_400, start.timestamp_subsec_nanos()).unwrap_or(start),
+        Granularity::Hour => start_s + 3600,
+        Granularity::Day => start_s + 86_400,
         Granularity::Month => {
-            let l = start.with_timezone(&shanghai()).naive_local().date();
+            let l = instant(start_s).with_timezone(&shanghai()).naive_local().date();
             let (y, m) = if l.month() == 12 { (l.year() + 1, 1) } else { (l.year(), l.month() + 1) };
             let next = chrono::NaiveDate::from_ymd_opt(y, m, 1).expect("valid month");
-            co2cast_model::calendar::day_start_utc(next)
+            co2cast_model::calendar::day_start_utc(next).timestamp()
         }
     }
 }
@@ -169,22 +185,20 @@ impl Default for ValidationRules {
 /// `YYYY-MM-DDTHH:MM:SS` and `Z` or `±HH:MM`, the form producers of the contract write,
 /// without chrono's general parser (a visible share of ingest time). `None` for any other
 /// form, which chrono then parses (fractions, lower-case `t`, leap seconds, …).
-fn rfc3339_plain(s: &str) -> Option<DateTime<Utc>> {
-    let b = s.as_bytes();
-    if !(b.len() == 20 || b.len() == 25) {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        b[r].iter().try_fold(0i64, |acc, c| c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0')))
+fn rfc3339_plain(s: &str) -> Option<i64> {
+    let two = |hi: u8, lo: u8| -> Option<i64> {
+        let (hi, lo) = (hi.wrapping_sub(b'0'), lo.wrapping_sub(b'0'));
+        (hi < 10 && lo < 10).then(|| i64::from(hi * 10 + lo))
     };
-    if b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+    // Patterns over fixed-size arrays: no bounds checks, one pass.
+    let (head, zone) = s.as_bytes().split_first_chunk::<19>()?;
+    let [y0, y1, y2, y3, b'-', mo0, mo1, b'-', d0, d1, b'T', h0, h1, b':', mi0, mi1, b':', s0, s1] = *head else {
         return None;
-    }
-    let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
-    let offset_s = match (b.len(), b[19]) {
-        (20, b'Z') => 0,
-        (25, sign @ (b'+' | b'-')) if b[22] == b':' => {
-            let (oh, om) = (num(20..22)?, num(23..25)?);
+    };
+    let offset_s = match *zone {
+        [b'Z'] => 0,
+        [sign @ (b'+' | b'-'), oh0, oh1, b':', om0, om1] => {
+            let (oh, om) = (two(oh0, oh1)?, two(om0, om1)?);
             if oh > 23 || om > 59 {
                 return None;
             }
@@ -192,18 +206,23 @@ fn rfc3339_plain(s: &str) -> Option<DateTime<Utc>> {
         }
         _ => return None,
     };
-    if !(1..=12).contains(&mo) || h > 23 || mi > 59 || sec > 59 {
+    let (y, mo, d) = (two(y0, y1)? * 100 + two(y2, y3)?, two(mo0, mo1)?, two(d0, d1)?);
+    let (h, mi, sec) = (two(h0, h1)?, two(mi0, mi1)?, two(s0, s1)?);
+    if !(1..=12).contains(&mo) || !(1..=month_length(y, mo)).contains(&d) || h > 23 || mi > 59 || sec > 59 {
         return None;
     }
-    let date = chrono::NaiveDate::from_ymd_opt(y as i32, mo as u32, d as u32)?;
-    let days = i64::from(date.num_days_from_ce()) - 719_163; // 1970-01-01
-    DateTime::from_timestamp(days * 86_400 + h * 3600 + mi * 60 + sec - offset_s, 0)
+    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset_s)
 }
 
 fn parse_instant(field: &str, s: &str) -> Result<DateTime<Utc>, Reject> {
-    if let Some(t) = rfc3339_plain(s) {
-        return Ok(t);
+    match rfc3339_plain(s) {
+        Some(t) => Ok(instant(t)),
+        None => parse_instant_general(field, s),
     }
+}
+
+/// chrono's parser, and the reason a timestamp is refused.
+fn parse_instant_general(field: &str, s: &str) -> Result<DateTime<Utc>, Reject> {
     match DateTime::parse_from_rfc3339(s.trim()) {
         Ok(t) => Ok(t.with_timezone(&Utc)),
         Err(_) => {
@@ -276,20 +295,26 @@ fn canonical_unit_matches(signal: Signal, canonical: &str) -> bool {
     }
 }
 
-fn check_alignment(start: DateTime<Utc>, g: Granularity) -> Result<(), Reject> {
+/// The start as whole Unix seconds, if it is the start of a period of `g`.
+fn check_alignment(start: DateTime<Utc>, g: Granularity) -> Result<i64, Reject> {
+    check_alignment_s(start.timestamp(), start.timestamp_subsec_nanos(), g)
+}
+
+fn check_alignment_s(start_s: i64, nanos: u32, g: Granularity) -> Result<i64, Reject> {
     // Asia/Shanghai is a fixed UTC+8 (no DST since 1991), so hour and day boundaries are
     // plain arithmetic on the Unix time; only months need the calendar.
-    let local_s = start.timestamp() + i64::from(shanghai().local_minus_utc());
-    let whole = start.timestamp_subsec_nanos() == 0;
+    let local_s = start_s + i64::from(shanghai().local_minus_utc());
+    let whole = nanos == 0;
     let ok = whole
         && match g {
             Granularity::Hour => local_s.rem_euclid(3600) == 0,
             Granularity::Day => local_s.rem_euclid(86_400) == 0,
-            Granularity::Month => local_s.rem_euclid(86_400) == 0 && start.with_timezone(&shanghai()).day() == 1,
+            Granularity::Month => local_s.rem_euclid(86_400) == 0 && instant(start_s).with_timezone(&shanghai()).day() == 1,
         };
     if ok {
-        Ok(())
+        Ok(start_s)
     } else {
+        let start = DateTime::from_timestamp(start_s, nanos).unwrap_or(instant(start_s));
         let l = start.with_timezone(&shanghai()).naive_local();
         reject(
             RejectCode::MisalignedPeriod,
@@ -334,31 +359,35 @@ pub fn validate_family(
                 .ok_or_else(|| Reject { code: RejectCode::UnknownProvince, reason: format!("unknown province `{}`", m.province) })?,
         ),
     };
-    let start = parse_instant("period_start", &m.period_start)?;
-    check_alignment(start, m.granularity)?;
+    let start_s = match rfc3339_plain(&m.period_start) {
+        Some(s) => check_alignment_s(s, 0, m.granularity)?,
+        None => check_alignment(parse_instant_general("period_start", &m.period_start)?, m.granularity)?,
+    };
     if ytd && m.granularity != Granularity::Month {
         return reject(RejectCode::UnknownVariant, "year-to-date values must be monthly");
     }
     if let Some(k) = key {
-        let k = std::str::from_utf8(k).map_err(|_| Reject { code: RejectCode::KeyMismatch, reason: "key is not UTF-8".into() })?;
-        // Fast path: the key is written exactly as the body's fields.
+        // Fast path: the key is written exactly as the body's fields (compared as bytes, so a
+        // matching key needs no UTF-8 check of its own).
         let exact = k
-            .strip_prefix(topic.key_prefix())
-            .and_then(|r| r.strip_prefix('/'))
-            .and_then(|r| r.strip_prefix(&*m.province))
-            .and_then(|r| r.strip_prefix('/'))
-            .is_some_and(|r| r == m.period_start);
-        let parts: Vec<&str> = if exact { Vec::new() } else { k.splitn(3, '/').collect() };
-        let ok = exact
-            || parts.len() == 3
-            && parts[0] == topic.key_prefix()
-            && (if parts[1] == "CN" { scope == Scope::National } else { Province::parse_lenient(parts[1]).map(Scope::Province) == Some(scope) })
-            && DateTime::parse_from_rfc3339(parts[2]).map(|t| t.with_timezone(&Utc) == start).unwrap_or(false);
-        if !ok {
-            return reject(
-                RejectCode::KeyMismatch,
-                format!("key `{k}` does not match `{}/{}/{}`", topic.key_prefix(), m.province, m.period_start),
-            );
+            .strip_prefix(topic.key_prefix().as_bytes())
+            .and_then(|r| r.strip_prefix(b"/"))
+            .and_then(|r| r.strip_prefix(m.province.as_bytes()))
+            .and_then(|r| r.strip_prefix(b"/"))
+            .is_some_and(|r| r == m.period_start.as_bytes());
+        if !exact {
+            let k = std::str::from_utf8(k).map_err(|_| Reject { code: RejectCode::KeyMismatch, reason: "key is not UTF-8".into() })?;
+            let parts: Vec<&str> = k.splitn(3, '/').collect();
+            let ok = parts.len() == 3
+                && parts[0] == topic.key_prefix()
+                && (if parts[1] == "CN" { scope == Scope::National } else { Province::parse_lenient(parts[1]).map(Scope::Province) == Some(scope) })
+                && DateTime::parse_from_rfc3339(parts[2]).map(|t| (t.timestamp(), t.timestamp_subsec_nanos()) == (start_s, 0)).unwrap_or(false);
+            if !ok {
+                return reject(
+                    RejectCode::KeyMismatch,
+                    format!("key `{k}` does not match `{}/{}/{}`", topic.key_prefix(), m.province, m.period_start),
+                );
+            }
         }
     }
     if m.revision.is_none() && m.observed_at.is_none() {
@@ -373,12 +402,16 @@ pub fn validate_family(
     if !m.value.is_finite() {
         return reject(RejectCode::NotFinite, "value is not a finite number");
     }
-    let end = period_end(start, m.granularity);
-    if end > now + rules.future_tolerance {
-        return reject(RejectCode::FuturePeriod, format!("period ends {} after now ({})", end.to_rfc3339(), now.to_rfc3339()));
+    // In (seconds, nanoseconds): chrono's checked arithmetic showed in ingest profiles.
+    let end_s = period_end_s(start_s, m.granularity);
+    let (tolerance_s, tolerance_ns) = (rules.future_tolerance.num_seconds(), i64::from(rules.future_tolerance.subsec_nanos()));
+    let limit_ns = i64::from(now.timestamp_subsec_nanos()) + tolerance_ns;
+    let limit = (now.timestamp() + tolerance_s + limit_ns.div_euclid(1_000_000_000), limit_ns.rem_euclid(1_000_000_000));
+    if (end_s, 0) > limit {
+        return reject(RejectCode::FuturePeriod, format!("period ends {} after now ({})", instant(end_s).to_rfc3339(), now.to_rfc3339()));
     }
-    if start < rules.earliest {
-        return reject(RejectCode::TooOld, format!("period_start {} is before {}", start.to_rfc3339(), rules.earliest.to_rfc3339()));
+    if (start_s, 0) < (rules.earliest.timestamp(), i64::from(rules.earliest.timestamp_subsec_nanos())) {
+        return reject(RejectCode::TooOld, format!("period_start {} is before {}", instant(start_s).to_rfc3339(), rules.earliest.to_rfc3339()));
     }
     let mut value = m.value * conv.multiplier;
     let mut corrections = Vec::new();
@@ -403,7 +436,7 @@ pub fn validate_family(
         signal,
         scope,
         granularity: m.granularity,
-        period_start: start,
+        period_start_s: start_s,
         value,
         ytd,
         source: intern_source(&m.source),
@@ -473,7 +506,7 @@ mod tests {
     #[test]
     fn plain_timestamps_parse_as_chrono_parses_them() {
         for s in ["2019-03-01T00:00:00+08:00", "2019-03-01T00:00:00Z", "2020-02-29T23:59:59-05:30", "1970-01-01T00:00:00Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59+23:59"] {
-            assert_eq!(rfc3339_plain(s), chrono_parse(s), "{s}");
+            assert_eq!(rfc3339_plain(s).map(instant), chrono_parse(s), "{s}");
             assert!(rfc3339_plain(s).is_some(), "{s}");
         }
         for s in ["2019-02-29T00:00:00+08:00", "2019-13-01T00:00:00Z", "2019-03-01T24:00:00Z", "2019-03-01T00:00:60Z", "2019-03-01t00:00:00Z", "2019-03-01T00:00:00.5Z", "2019-03-01T00:00:00+0800", "2019-03-01T00:00:00"] {
@@ -517,7 +550,7 @@ mod tests {
         ) {
             let s = format!("{y:04}-{mo:02}-{d:02}{sep}{h:02}:{mi:02}:{sec:02}{tz}");
             if let Some(t) = rfc3339_plain(&s) {
-                prop_assert_eq!(Some(t), chrono_parse(&s), "{}", s);
+                prop_assert_eq!(Some(instant(t)), chrono_parse(&s), "{}", s);
             }
             // And the validator's own parse agrees with chrono whenever chrono accepts.
             if let Some(t) = chrono_parse(&s) {

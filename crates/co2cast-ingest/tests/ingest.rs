@@ -183,20 +183,21 @@ proptest! {
 fn idle_signals_do_not_hold_back_the_watermark() {
     let mut w = Watermarks::new(Duration::hours(2), Duration::minutes(10));
     let t0 = now();
-    let event = |h: i64| t0 - Duration::days(30) + Duration::hours(h);
+    // Period ends are whole seconds.
+    let event = |h: i64| DateTime::from_timestamp(t0.timestamp(), 0).unwrap() - Duration::days(30) + Duration::hours(h);
     let cement = watermark::stream_key(Signal::Cement, Granularity::Month);
     let power = watermark::stream_key(Signal::ThermalGeneration, Granularity::Hour);
-    w.observe(&cement, event(0), t0);
+    w.observe(&cement, event(0).timestamp(), t0);
     for h in 1..=48 {
-        w.observe(&power, event(h), t0 + Duration::minutes(h));
+        w.observe(&power, event(h).timestamp(), t0 + Duration::minutes(h));
     }
     let later = t0 + Duration::minutes(48);
     // Cement has been silent for 48 minutes: idle, so the combined watermark follows power.
     assert!(w.is_idle(&cement, later));
     assert_eq!(w.combined(later), Some(event(48) - Duration::hours(2)));
     // A late power hour is flagged, not dropped.
-    assert!(matches!(w.observe(&power, event(10), later), Arrival::Late { .. }));
+    assert!(matches!(w.observe(&power, event(10).timestamp(), later), Arrival::Late { .. }));
     // A monthly release of the same signal is its own stream, not late.
     let monthly = watermark::stream_key(Signal::ThermalGeneration, Granularity::Month);
-    assert_eq!(w.observe(&monthly, event(-100), later), Arrival::OnTime);
+    assert_eq!(w.observe(&monthly, event(-100).timestamp(), later), Arrival::OnTime);
 }

@@ -95,8 +95,9 @@ fn consumer(brokers: &str, group: &str) -> BaseConsumer {
     c
 }
 
-/// Reads `n` messages; `work` runs on each. Returns messages per second.
-fn consume(brokers: &str, group: &str, n: usize, mut work: impl FnMut(&[u8], &[u8])) -> f64 {
+/// Reads `n` messages; `work` runs on each. Returns messages per second and CPU use.
+fn consume(brokers: &str, group: &str, n: usize, mut work: impl FnMut(&[u8], &[u8])) -> (f64, CpuPerMessage) {
+    let cpu = ThreadCpu::now();
     let c = consumer(brokers, group);
     let mut got = 0;
     let t = Instant::now();
@@ -107,7 +108,63 @@ fn consume(brokers: &str, group: &str, n: usize, mut work: impl FnMut(&[u8], &[u
         }
         assert!(t.elapsed().as_secs() < 300, "only {got} of {n} messages came back");
     }
-    n as f64 / t.elapsed().as_secs_f64()
+    (n as f64 / t.elapsed().as_secs_f64(), cpu.per_message(n as u64, ThreadCpu::current_tid()))
+}
+
+/// CPU time of this process's threads (Linux `/proc/self/task/*/schedstat`, nanoseconds on a
+/// CPU), by role: the thread that calls `consume` or `Processor::run` (`main`), the
+/// processor's poll thread, and librdkafka's own threads. Per message it is a steadier
+/// measure than throughput on a shared machine: it shows where the cycles go even when
+/// the other core is busy with something else.
+struct ThreadCpu(std::collections::HashMap<u32, (String, u64)>);
+
+#[derive(Default)]
+struct CpuPerMessage {
+    main_ns: f64,
+    poll_ns: f64,
+    librdkafka_ns: f64,
+}
+
+impl CpuPerMessage {
+    fn json(&self) -> String {
+        format!("{{\"main\":{:.0},\"poll\":{:.0},\"librdkafka\":{:.0}}}", self.main_ns, self.poll_ns, self.librdkafka_ns)
+    }
+}
+
+impl ThreadCpu {
+    fn now() -> ThreadCpu {
+        let mut threads = std::collections::HashMap::new();
+        for entry in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+            let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else { continue };
+            let name = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default().trim().to_string();
+            let ns = std::fs::read_to_string(entry.path().join("schedstat")).ok().and_then(|s| s.split_whitespace().next()?.parse().ok());
+            if let Some(ns) = ns {
+                threads.insert(tid, (name, ns));
+            }
+        }
+        ThreadCpu(threads)
+    }
+
+    /// The calling thread's id.
+    fn current_tid() -> Option<u32> {
+        std::fs::read_link("/proc/thread-self").ok().and_then(|p| p.file_name()?.to_str()?.parse().ok())
+    }
+
+    /// Per message since `self`, for threads alive now (those started since count in full);
+    /// `main_tid` is the thread that consumes.
+    fn per_message(&self, messages: u64, main_tid: Option<u32>) -> CpuPerMessage {
+        let mut cpu = CpuPerMessage::default();
+        for (tid, (name, ns)) in ThreadCpu::now().0 {
+            let spent = (ns - self.0.get(&tid).map_or(0, |t| t.1)) as f64 / messages as f64;
+            match name.as_str() {
+                _ if Some(tid) == main_tid => cpu.main_ns += spent,
+                "co2cast-poll" => cpu.poll_ns += spent,
+                n if n.starts_with("rdk:") => cpu.librdkafka_ns += spent,
+                _ => {}
+            }
+        }
+        cpu
+    }
 }
 
 fn main() {
@@ -154,10 +211,10 @@ fn main() {
     let (mut raws, mut pipeds, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let mut counters = None;
     for round in 0..rounds {
-        let raw = consume(&brokers, &format!("bench-raw-{round}"), n, |k, v| {
+        let (raw, raw_cpu) = consume(&brokers, &format!("bench-raw-{round}"), n, |k, v| {
             black_box((k.len(), v.len()));
         });
-        println!("{{\"bench\":\"raw_rdkafka_consume\",\"round\":{round},\"messages\":{n},\"per_sec\":{raw:.0}}}");
+        println!("{{\"bench\":\"raw_rdkafka_consume\",\"round\":{round},\"messages\":{n},\"per_sec\":{raw:.0},\"cpu_ns_per_message\":{}}}", raw_cpu.json());
         let piped = {
             let history = co2cast_data::embedded().unwrap();
             let dir = std::env::temp_dir().join(format!("co2cast-bench-{}-{round}", std::process::id()));
@@ -178,36 +235,39 @@ fn main() {
             };
             let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let main_tid = ThreadCpu::current_tid();
             let watcher = {
                 let (received, stop) = (received.clone(), stop.clone());
-                std::thread::spawn(move || {
+                std::thread::Builder::new().name("bench-watcher".into()).spawn(move || {
                     let load = || received.load(std::sync::atomic::Ordering::Relaxed);
                     let t = Instant::now();
                     while load() == 0 {
                         assert!(t.elapsed().as_secs() < 120, "the processor received nothing");
                         std::thread::sleep(std::time::Duration::from_micros(200));
                     }
-                    let (t0, r0) = (Instant::now(), load());
+                    let (t0, r0, cpu) = (Instant::now(), load(), ThreadCpu::now());
                     while load() < n as u64 {
                         assert!(t.elapsed().as_secs() < 600, "the processor stalled at {}", load());
                         std::thread::sleep(std::time::Duration::from_micros(200));
                     }
                     let rate = (n as u64 - r0) as f64 / t0.elapsed().as_secs_f64();
+                    let cpu = cpu.per_message(n as u64 - r0, main_tid);
                     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                    rate
+                    (rate, cpu)
                 })
+                .expect("spawn the watcher")
             };
             let mut p = co2cast_pipeline::Processor::new(cfg, history).unwrap().with_received_counter(received);
             let summary = p.run(stop, false, |_| {}).unwrap();
-            let rate = watcher.join().unwrap();
+            let (rate, cpu) = watcher.join().unwrap();
             assert_eq!(summary.counters.received, summary.counters.accepted + summary.counters.dead_lettered);
             let _ = std::fs::remove_dir_all(&dir);
-            (rate, summary.counters)
+            (rate, cpu, summary.counters)
         };
-        let (piped, got) = piped;
+        let (piped, piped_cpu, got) = piped;
         println!(
-            "{{\"bench\":\"processor_consume_and_ingest\",\"round\":{round},\"messages\":{n},\"per_sec\":{piped:.0},\"accepted\":{},\"dead_lettered\":{}}}",
-            got.accepted, got.dead_lettered
+            "{{\"bench\":\"processor_consume_and_ingest\",\"round\":{round},\"messages\":{n},\"per_sec\":{piped:.0},\"accepted\":{},\"dead_lettered\":{},\"cpu_ns_per_message\":{}}}",
+            got.accepted, got.dead_lettered, piped_cpu.json()
         );
         raws.push(raw);
         pipeds.push(piped);

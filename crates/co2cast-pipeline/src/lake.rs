@@ -205,7 +205,7 @@ impl LakeSink {
     fn proxies(&mut self, commit: u64) {
         let mut by_month: BTreeMap<(i32, u32), Vec<AcceptedProxy>> = BTreeMap::new();
         for a in std::mem::take(&mut self.accepted) {
-            let d = co2cast_model::calendar::shanghai_day(&a.proxy.period_start);
+            let d = co2cast_model::calendar::shanghai_day(&a.proxy.period_start());
             by_month.entry((d.year(), d.month())).or_default().push(a);
         }
         for ((y, m), list) in by_month {
@@ -230,7 +230,7 @@ impl LakeSink {
                     co2cast_model::proxy::Scope::National => "CN",
                 });
                 gran.append_value(format!("{:?}", p.granularity).to_lowercase());
-                start.push(p.period_start.timestamp_micros());
+                start.push(p.period_start_s * 1_000_000);
                 val.append_value(p.value);
                 unit.append_value(p.signal.unit());
                 ytd.append_value(p.ytd);

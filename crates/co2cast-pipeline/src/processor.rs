@@ -157,7 +157,9 @@ pub struct Processor {
     rules: ValidationRules,
     calibrations: BTreeMap<(i32, u32), Calibration>,
     dirty: BTreeMap<i32, Dirty>,
-    last_dirty: Option<(i32, Scope)>,
+    /// Per scope (provinces by index, then national), the year it last marked dirty since
+    /// the last flush.
+    marked_year: [Option<i32>; Province::ALL.len() + 1],
     /// Watermark stream names by signal and granularity (no allocation per message).
     stream_keys: Vec<Option<Box<str>>>,
     /// The family of the topic seen last (the poll thread interns topic names, and messages
@@ -319,7 +321,7 @@ impl Processor {
             rules,
             calibrations: BTreeMap::new(),
             dirty: BTreeMap::new(),
-            last_dirty: None,
+            marked_year: [None; Province::ALL.len() + 1],
             stream_keys: Vec::new(),
             last_topic: None,
             cache: BTreeMap::new(),
@@ -600,18 +602,22 @@ impl Processor {
                 }
                 let stream = self.stream_keys[slot]
                     .get_or_insert_with(|| co2cast_ingest::watermark::stream_key(v.signal, v.granularity).into_boxed_str());
-                if let Arrival::Late { .. } = self.ckpt.watermarks.observe(stream, v.period_end(), now) {
+                if let Arrival::Late { .. } = self.ckpt.watermarks.observe(stream, v.period_end_s(), now) {
                     c.late += 1;
                 }
                 if up.changed() {
-                    let y = shanghai_day(&v.period_start).year();
-                    // Consecutive messages mostly mark the same year and scope.
-                    if self.last_dirty != Some((y, v.scope)) {
+                    let y = co2cast_model::calendar::civil::shanghai_year(v.period_start_s) as i32;
+                    // A scope's messages mostly fall in the year it marked last.
+                    let slot = match v.scope {
+                        Scope::Province(p) => p.index(),
+                        Scope::National => Province::ALL.len(),
+                    };
+                    if self.marked_year[slot] != Some(y) {
                         // A base-year value changes the ratios of the following year too.
                         for year in [y, y + 1] {
                             self.dirty.entry(year).or_insert(Dirty::Provinces(0)).add(v.scope);
                         }
-                        self.last_dirty = Some((y, v.scope));
+                        self.marked_year[slot] = Some(y);
                     }
                 }
                 if let Some(l) = &mut self.lake {
@@ -659,7 +665,7 @@ impl Processor {
         self.flush_started_at = Utc::now();
         if self.consumer.context().owns_all() {
             let dirty = std::mem::take(&mut self.dirty);
-            self.last_dirty = None;
+            self.marked_year.fill(None);
             if !dirty.is_empty() {
                 let live = self.ckpt.state.to_panel();
                 for (year, d) in dirty {

@@ -1,17 +1,17 @@
 //! The Kafka source: a consumer-group member whose partitions start at the checkpointed
 //! offsets, polled on its own thread, handing messages to the processor in batches.
 //!
-//! Polling (librdkafka's queue, copying out key and payload) and ingest (decode, validate,
-//! state) run on two threads, so ingest keeps up with raw consumption on two cores. One
-//! batch buffer holds all keys and payloads of a batch: one allocation per batch, not three
-//! per message.
+//! Polling (librdkafka's queues) and ingest (decode, validate, state) run on two threads, so
+//! a flush's re-estimation never keeps the group waiting for a poll.
 //!
 //! Assigned partitions forward their fetched messages to a [`FetchQueue`] of their own, which
 //! the poll thread drains up to [`MAX_BATCH`] messages per call (`rd_kafka_consume_batch_queue`):
 //! one lock and wake-up per batch, where the consumer's event poll costs an event, an
-//! allocation and clock reads per message. Group events (rebalances) stay on the consumer
-//! queue, served between batches. Routing is set before a partition is assigned, so none of
-//! its messages can take the other queue and be handed over out of order.
+//! allocation and clock reads per message. Those messages travel to the ingest thread as
+//! librdkafka gave them, read in place and released when their batch is recycled. Group
+//! events (rebalances) stay on the consumer queue, served between batches; a message that
+//! arrives there is copied into the batch. Routing is set before a partition is assigned, so
+//! none of its messages can take the other queue and be handed over out of order.
 
 use rdkafka::bindings as rdsys;
 use rdkafka::client::ClientContext;
@@ -20,7 +20,6 @@ use rdkafka::message::Message;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -207,6 +206,12 @@ impl FetchQueue {
     }
 }
 
+impl std::fmt::Debug for FetchQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchQueue").field("queue", &self.queue).finish_non_exhaustive()
+    }
+}
+
 impl Drop for FetchQueue {
     fn drop(&mut self) {
         self.consumer.context().fetch_queue.store(std::ptr::null_mut(), Ordering::Release);
@@ -215,7 +220,16 @@ impl Drop for FetchQueue {
     }
 }
 
-/// One message of a batch; key and payload are ranges into the batch buffer.
+/// Where a batch entry's key or payload is.
+#[derive(Debug, Clone, Copy)]
+enum Bytes {
+    /// Inside a librdkafka message the batch owns (fetch queue: no copy).
+    Native(*const u8, usize),
+    /// At this range of the batch buffer (consumer queue: copied out).
+    Copied(usize, usize),
+}
+
+/// One message of a batch.
 #[derive(Debug, Clone)]
 pub struct BatchEntry {
     pub topic: Arc<str>,
@@ -223,53 +237,101 @@ pub struct BatchEntry {
     pub offset: i64,
     /// Kafka message timestamp (ms since the epoch), when the broker gave one.
     pub timestamp_ms: Option<i64>,
-    pub key: Option<Range<usize>>,
-    pub payload: Option<Range<usize>>,
+    key: Option<Bytes>,
+    payload: Option<Bytes>,
 }
 
-/// Messages handed from the poll thread to the processor.
+/// An owned librdkafka message, destroyed when its batch is cleared or dropped.
+#[derive(Debug)]
+struct NativeMessage(*mut rdsys::rd_kafka_message_t);
+
+impl Drop for NativeMessage {
+    fn drop(&mut self) {
+        // SAFETY: taken from rd_kafka_consume_batch_queue and owned by exactly one batch.
+        unsafe { rdsys::rd_kafka_message_destroy(self.0) };
+    }
+}
+
+/// Messages handed from the poll thread to the processor. Messages from the fetch queue are
+/// kept as librdkafka gave them (keys and payloads are read in place: copying them out was
+/// most of the poll thread's work); the few from the consumer queue are copied into `buf`.
 #[derive(Debug, Default)]
 pub struct MessageBatch {
-    pub buf: Vec<u8>,
+    buf: Vec<u8>,
+    native: Vec<NativeMessage>,
+    /// Keeps the client alive while `native` holds its messages.
+    queue: Option<Arc<FetchQueue>>,
     pub entries: Vec<BatchEntry>,
     /// When the first message of the batch was polled.
     pub first_polled: Option<Instant>,
 }
 
+// SAFETY: the raw pointers point into messages owned by `native` (freed only by `clear` or
+// drop, through `&mut self`) or are plain ranges; librdkafka messages may be read and
+// destroyed from any thread.
+unsafe impl Send for MessageBatch {}
+
 impl MessageBatch {
     pub fn key(&self, e: &BatchEntry) -> Option<&[u8]> {
-        e.key.clone().map(|r| &self.buf[r])
+        e.key.map(|b| self.bytes(b))
     }
 
     pub fn payload(&self, e: &BatchEntry) -> Option<&[u8]> {
-        e.payload.clone().map(|r| &self.buf[r])
+        e.payload.map(|b| self.bytes(b))
     }
 
-    /// Empty again, keeping its allocations.
+    fn bytes(&self, b: Bytes) -> &[u8] {
+        match b {
+            // SAFETY: the message holding these bytes lives as long as `self` (see `native`).
+            Bytes::Native(p, len) => unsafe { std::slice::from_raw_parts(p, len) },
+            Bytes::Copied(s, e) => &self.buf[s..e],
+        }
+    }
+
+    /// Empty again, keeping its allocations; the messages it held are released.
     fn clear(&mut self) {
-        self.buf.clear();
         self.entries.clear();
+        self.native.clear();
+        self.queue = None;
+        self.buf.clear();
         self.first_polled = None;
     }
 
-    fn push(&mut self, topic: Arc<str>, m: &rdkafka::message::BorrowedMessage<'_>) {
-        self.push_parts(topic, m.partition(), m.offset(), m.timestamp().to_millis(), m.key(), m.payload());
+    fn start(&mut self) {
+        if self.first_polled.is_none() {
+            self.first_polled = Some(Instant::now());
+        }
     }
 
-    fn push_parts(&mut self, topic: Arc<str>, partition: i32, offset: i64, timestamp_ms: Option<i64>, key: Option<&[u8]>, payload: Option<&[u8]>) {
+    /// Copies a message from the consumer queue.
+    fn push_copy(&mut self, topic: Arc<str>, m: &rdkafka::message::BorrowedMessage<'_>) {
+        self.start();
         let mut copy = |b: Option<&[u8]>| {
             b.map(|b| {
                 let s = self.buf.len();
                 self.buf.extend_from_slice(b);
-                s..self.buf.len()
+                Bytes::Copied(s, self.buf.len())
             })
         };
-        let key = copy(key);
-        let payload = copy(payload);
-        if self.first_polled.is_none() {
-            self.first_polled = Some(Instant::now());
+        let (key, payload) = (copy(m.key()), copy(m.payload()));
+        self.entries.push(BatchEntry { topic, partition: m.partition(), offset: m.offset(), timestamp_ms: m.timestamp().to_millis(), key, payload });
+    }
+
+    /// Takes ownership of a message from the fetch queue (no error set).
+    ///
+    /// # Safety
+    /// `m` must be a live message of `queue`'s client, owned by the caller, and not used after.
+    unsafe fn push_native(&mut self, queue: &Arc<FetchQueue>, topic: Arc<str>, m: *mut rdsys::rd_kafka_message_t, timestamp_ms: Option<i64>) {
+        self.start();
+        if self.queue.is_none() {
+            self.queue = Some(queue.clone());
         }
-        self.entries.push(BatchEntry { topic, partition, offset, timestamp_ms, key, payload });
+        // SAFETY: per the contract, `m` is live; its key and payload stay put until destroyed.
+        let msg = unsafe { &*m };
+        let bytes = |p: *mut std::ffi::c_void, len: usize| (!p.is_null()).then_some(Bytes::Native(p as *const u8, len));
+        let (key, payload) = (bytes(msg.key, msg.key_len), bytes(msg.payload, msg.len));
+        self.native.push(NativeMessage(m));
+        self.entries.push(BatchEntry { topic, partition: msg.partition, offset: msg.offset, timestamp_ms, key, payload });
     }
 }
 
@@ -295,7 +357,7 @@ pub fn spawn_poll_thread(
     let handle = std::thread::Builder::new()
         .name("co2cast-poll".into())
         .spawn(move || {
-            let mut poller = Poller { positions: &positions, names: Vec::new(), by_handle: HashMap::new(), slots: HashMap::new(), last: None };
+            let mut poller = Poller { positions: &positions, names: Vec::new(), last_handle: None, slots: HashMap::new(), last: None };
             poller.run(&fetch, &stop, poll_timeout, &tx, &recycle_rx)
         })
         .expect("spawn poll thread");
@@ -308,8 +370,8 @@ struct Poller<'a> {
     positions: &'a Positions,
     /// One `Arc` per topic name (a handful of proxy topics; the processor compares by pointer).
     names: Vec<Arc<str>>,
-    /// Names by librdkafka topic handle, for messages from the fetch queue.
-    by_handle: HashMap<usize, Arc<str>>,
+    /// The librdkafka topic handle seen last and its name (messages come in runs per topic).
+    last_handle: Option<(usize, Arc<str>)>,
     slots: HashMap<(Arc<str>, i32), Arc<AtomicI64>>,
     last: Option<(Arc<str>, i32, Arc<AtomicI64>)>,
 }
@@ -317,7 +379,7 @@ struct Poller<'a> {
 impl Poller<'_> {
     fn run(
         &mut self,
-        fetch: &FetchQueue,
+        fetch: &Arc<FetchQueue>,
         stop: &AtomicBool,
         poll_timeout: std::time::Duration,
         tx: &SyncSender<MessageBatch>,
@@ -334,7 +396,7 @@ impl Poller<'_> {
                     Ok(m) => {
                         let topic = self.topic(m.topic());
                         self.advance(&topic, m.partition(), m.offset());
-                        batch.push(topic, &m);
+                        batch.push_copy(topic, &m);
                     }
                     Err(e) => tracing::warn!(message = "Kafka consumer error.", error = %e),
                 }
@@ -355,7 +417,7 @@ impl Poller<'_> {
                 fetch.take(std::time::Duration::ZERO, room, &mut taken);
             }
             for &m in &taken {
-                self.take_native(m, &mut batch);
+                self.take_native(fetch, m, &mut batch);
             }
             if batch.entries.len() >= MAX_BATCH || (taken.is_empty() && !batch.entries.is_empty()) {
                 if !hand_over(&mut batch, tx, recycled) {
@@ -368,33 +430,33 @@ impl Poller<'_> {
         }
     }
 
-    /// Copies one message from the fetch queue into the batch and releases it.
-    fn take_native(&mut self, m: *mut rdsys::rd_kafka_message_t, batch: &mut MessageBatch) {
-        // SAFETY: `m` came from rd_kafka_consume_batch_queue and is destroyed exactly once,
-        // here, after its key and payload were copied.
+    /// Moves one message from the fetch queue into the batch (or logs and releases it when
+    /// it carries an error).
+    fn take_native(&mut self, fetch: &Arc<FetchQueue>, m: *mut rdsys::rd_kafka_message_t, batch: &mut MessageBatch) {
+        // SAFETY: `m` came from rd_kafka_consume_batch_queue on `fetch`; it is either handed to
+        // the batch, which then owns it, or destroyed here, exactly once.
         unsafe {
             let msg = &*m;
             if msg.err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
                 let reason = std::ffi::CStr::from_ptr(rdsys::rd_kafka_err2str(msg.err)).to_string_lossy();
                 tracing::warn!(message = "Kafka consumer error.", error = %reason, partition = msg.partition);
-            } else {
-                let rkt = msg.rkt;
-                let topic = match self.by_handle.get(&(rkt as usize)) {
-                    Some(t) => t.clone(),
-                    None => {
-                        let t = self.topic(&std::ffi::CStr::from_ptr(rdsys::rd_kafka_topic_name(rkt)).to_string_lossy());
-                        self.by_handle.insert(rkt as usize, t.clone());
-                        t
-                    }
-                };
-                let bytes = |p: *mut std::ffi::c_void, len: usize| (!p.is_null()).then(|| std::slice::from_raw_parts(p as *const u8, len));
-                let mut ts_type = rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
-                let ts = rdsys::rd_kafka_message_timestamp(m, &mut ts_type);
-                let ts = (ts_type != rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE && ts >= 0).then_some(ts);
-                self.advance(&topic, msg.partition, msg.offset);
-                batch.push_parts(topic, msg.partition, msg.offset, ts, bytes(msg.key, msg.key_len), bytes(msg.payload, msg.len));
+                rdsys::rd_kafka_message_destroy(m);
+                return;
             }
-            rdsys::rd_kafka_message_destroy(m);
+            let topic = match &self.last_handle {
+                Some((h, t)) if *h == msg.rkt as usize => t.clone(),
+                _ => {
+                    let name = std::ffi::CStr::from_ptr(rdsys::rd_kafka_topic_name(msg.rkt)).to_string_lossy();
+                    let t = self.topic(&name);
+                    self.last_handle = Some((msg.rkt as usize, t.clone()));
+                    t
+                }
+            };
+            let mut ts_type = rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+            let ts = rdsys::rd_kafka_message_timestamp(m, &mut ts_type);
+            let ts = (ts_type != rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE && ts >= 0).then_some(ts);
+            self.advance(&topic, msg.partition, msg.offset);
+            batch.push_native(fetch, topic, m, ts);
         }
     }
 

@@ -3,6 +3,7 @@
 //! Days are Asia/Shanghai days. China has kept UTC+08:00 without daylight saving since 1992,
 //! so a fixed offset is exact for every date co2cast handles.
 
+pub mod civil;
 mod factors;
 
 pub use factors::{DayFactorTable, SectorDayFactors};
@@ -31,14 +32,8 @@ pub fn day_start_utc(d: NaiveDate) -> DateTime<Utc> {
 }
 
 pub fn days_in_month(year: i32, month: u32) -> u32 {
-    let first = NaiveDate::from_ymd_opt(year, month, 1).expect("valid month");
-    let next = if month == 12 {
-        NaiveDate::from_ymd_opt(year + 1, 1, 1)
-    } else {
-        NaiveDate::from_ymd_opt(year, month + 1, 1)
-    }
-    .expect("valid month");
-    (next - first).num_days() as u32
+    assert!((1..=12).contains(&month), "valid month");
+    civil::month_length(i64::from(year), i64::from(month)) as u32
 }
 
 pub fn days_of_month(year: i32, month: u32) -> impl Iterator<Item = NaiveDate> {
