@@ -1,11 +1,12 @@
 //! Ingest throughput, side by side with raw rdkafka consumption from the same broker.
 //!
-//! Prints one JSON line per measurement (`{"bench": …, "messages": …, "per_sec": …}`) and a
-//! final line with the ratios. The Kafka part uses the embedded mock broker by default (its
-//! log is capped near 15 MB per partition, so at most 200,000 small messages over 8
-//! partitions); set `CO2CAST_BENCH_BROKERS` to measure against a real broker (e.g. tansu)
-//! with more messages (`CO2CAST_BENCH_MESSAGES`). `CO2CAST_BENCH_REUSE_TOPIC=1` skips producing
-//! when the topic already holds those messages from an earlier run.
+//! Prints one JSON line per measurement (`{"bench": …, "messages": …, "per_sec": …}`, and for
+//! the Kafka rounds `cpu_ns_per_message` by thread role) and a final line with the ratios. The
+//! Kafka part uses the embedded mock broker by default (its log is capped near 15 MB per
+//! partition, so at most 200,000 small messages over 8 partitions); set
+//! `CO2CAST_BENCH_BROKERS` to measure against a real broker (e.g. tansu) with more messages
+//! (`CO2CAST_BENCH_MESSAGES`). `CO2CAST_BENCH_REUSE_TOPIC=1` skips producing when the topic
+//! already holds those messages from an earlier run.
 //!
 //! Both consumers fetch with the same `fetch.wait.max.ms` ([`FETCH_WAIT_MS`]): tansu 0.6 holds
 //! every fetch for the full wait even when data is there, so with Kafka's default (500 ms) both

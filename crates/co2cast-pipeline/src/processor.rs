@@ -157,9 +157,9 @@ pub struct Processor {
     rules: ValidationRules,
     calibrations: BTreeMap<(i32, u32), Calibration>,
     dirty: BTreeMap<i32, Dirty>,
-    /// Per scope (provinces by index, then national), the year it last marked dirty since
-    /// the last flush.
-    marked_year: [Option<i32>; Province::ALL.len() + 1],
+    /// Per scope (provinces by index, then national), the Asia/Shanghai year it last marked
+    /// dirty since the last flush, as a range of Unix seconds.
+    marked_year: [Option<(i64, i64)>; Province::ALL.len() + 1],
     /// Watermark stream names by signal and granularity (no allocation per message).
     stream_keys: Vec<Option<Box<str>>>,
     /// The family of the topic seen last (the poll thread interns topic names, and messages
@@ -606,18 +606,19 @@ impl Processor {
                     c.late += 1;
                 }
                 if up.changed() {
-                    let y = co2cast_model::calendar::civil::shanghai_year(v.period_start_s) as i32;
                     // A scope's messages mostly fall in the year it marked last.
                     let slot = match v.scope {
                         Scope::Province(p) => p.index(),
                         Scope::National => Province::ALL.len(),
                     };
-                    if self.marked_year[slot] != Some(y) {
+                    if !self.marked_year[slot].is_some_and(|(from, to)| (from..to).contains(&v.period_start_s)) {
+                        let y = co2cast_model::calendar::civil::shanghai_year(v.period_start_s);
                         // A base-year value changes the ratios of the following year too.
                         for year in [y, y + 1] {
-                            self.dirty.entry(year).or_insert(Dirty::Provinces(0)).add(v.scope);
+                            self.dirty.entry(year as i32).or_insert(Dirty::Provinces(0)).add(v.scope);
                         }
-                        self.marked_year[slot] = Some(y);
+                        let year_start = |y: i64| co2cast_model::calendar::civil::days_from_civil(y, 1, 1) * 86_400 - 8 * 3600;
+                        self.marked_year[slot] = Some((year_start(y), year_start(y + 1)));
                     }
                 }
                 if let Some(l) = &mut self.lake {
