@@ -5,6 +5,7 @@
 use crate::message::Granularity;
 use crate::validate::ValidProxy;
 use chrono::{DateTime, NaiveDate, Timelike, Utc};
+use co2cast_model::calendar::civil::shanghai_offset_s;
 use co2cast_model::calendar::{DayFactorTable, HolidayCalendar, days_in_month, shanghai};
 use co2cast_model::domain::Sector;
 use co2cast_model::proxy::{ProxyPanel, Scope, Signal};
@@ -103,10 +104,6 @@ fn dense_step_s(g: Granularity) -> Option<i64> {
         Granularity::Day => Some(86_400),
         Granularity::Month => None,
     }
-}
-
-fn shanghai_offset_s() -> i64 {
-    i64::from(shanghai().local_minus_utc())
 }
 
 /// Where an hourly or daily key lives: its block and slot. Periods are counted from an

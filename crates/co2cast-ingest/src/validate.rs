@@ -143,7 +143,7 @@ impl ValidProxy {
 }
 
 /// A Unix time in whole seconds as an instant (saturating at chrono's range).
-fn instant(s: i64) -> DateTime<Utc> {
+pub(crate) fn instant(s: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(s, 0).unwrap_or(if s < 0 { DateTime::<Utc>::MIN_UTC } else { DateTime::<Utc>::MAX_UTC })
 }
 
@@ -215,16 +215,18 @@ fn rfc3339_plain(s: &str) -> Option<i64> {
 }
 
 fn parse_instant(field: &str, s: &str) -> Result<DateTime<Utc>, Reject> {
-    match rfc3339_plain(s) {
-        Some(t) => Ok(instant(t)),
-        None => parse_instant_general(field, s),
-    }
+    let (secs, nanos) = parse_instant_parts(field, s)?;
+    Ok(DateTime::from_timestamp(secs, nanos).unwrap_or(instant(secs)))
 }
 
-/// chrono's parser, and the reason a timestamp is refused.
-fn parse_instant_general(field: &str, s: &str) -> Result<DateTime<Utc>, Reject> {
+/// An instant as (Unix seconds, nanoseconds): the plain form without chrono, anything else
+/// through chrono's parser, with the reason a timestamp is refused.
+fn parse_instant_parts(field: &str, s: &str) -> Result<(i64, u32), Reject> {
+    if let Some(secs) = rfc3339_plain(s) {
+        return Ok((secs, 0));
+    }
     match DateTime::parse_from_rfc3339(s.trim()) {
-        Ok(t) => Ok(t.with_timezone(&Utc)),
+        Ok(t) => Ok((t.timestamp(), t.timestamp_subsec_nanos())),
         Err(_) => {
             let t = s.trim();
             let naive = NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S")
@@ -296,11 +298,7 @@ fn canonical_unit_matches(signal: Signal, canonical: &str) -> bool {
 }
 
 /// The start as whole Unix seconds, if it is the start of a period of `g`.
-fn check_alignment(start: DateTime<Utc>, g: Granularity) -> Result<i64, Reject> {
-    check_alignment_s(start.timestamp(), start.timestamp_subsec_nanos(), g)
-}
-
-fn check_alignment_s(start_s: i64, nanos: u32, g: Granularity) -> Result<i64, Reject> {
+fn check_alignment(start_s: i64, nanos: u32, g: Granularity) -> Result<i64, Reject> {
     // Asia/Shanghai is a fixed UTC+8 (no DST since 1991), so hour and day boundaries are
     // plain arithmetic on the Unix time; only months need the calendar.
     let local_s = start_s + i64::from(shanghai().local_minus_utc());
@@ -359,10 +357,8 @@ pub fn validate_family(
                 .ok_or_else(|| Reject { code: RejectCode::UnknownProvince, reason: format!("unknown province `{}`", m.province) })?,
         ),
     };
-    let start_s = match rfc3339_plain(&m.period_start) {
-        Some(s) => check_alignment_s(s, 0, m.granularity)?,
-        None => check_alignment(parse_instant_general("period_start", &m.period_start)?, m.granularity)?,
-    };
+    let (start_s, start_nanos) = parse_instant_parts("period_start", &m.period_start)?;
+    let start_s = check_alignment(start_s, start_nanos, m.granularity)?;
     if ytd && m.granularity != Granularity::Month {
         return reject(RejectCode::UnknownVariant, "year-to-date values must be monthly");
     }
@@ -538,7 +534,7 @@ mod tests {
                 Granularity::Day => wall.hour() == 0 && wall.minute() == 0 && wall.second() == 0,
                 Granularity::Month => wall.day() == 1 && wall.hour() == 0 && wall.minute() == 0 && wall.second() == 0,
             };
-            prop_assert_eq!(check_alignment(start, g).is_ok(), expected, "{} {:?}", start, g);
+            prop_assert_eq!(check_alignment(start.timestamp(), start.timestamp_subsec_nanos(), g).is_ok(), expected, "{} {:?}", start, g);
         }
 
         /// Wherever the plain parser answers, chrono answers the same instant.

@@ -49,7 +49,7 @@ impl Watermarks {
     /// Records a message of `stream` (see [`stream_key`]) whose period ends at `event_end_s`
     /// (Unix seconds; validated periods are whole seconds), arriving at `now`.
     pub fn observe(&mut self, stream: &str, event_end_s: i64, now: DateTime<Utc>) -> Arrival {
-        let event_end = || DateTime::from_timestamp(event_end_s, 0).unwrap_or(if event_end_s < 0 { DateTime::<Utc>::MIN_UTC } else { DateTime::<Utc>::MAX_UTC });
+        let event_end = || crate::validate::instant(event_end_s);
         // One lookup, no key allocation on the hot path; a new stream cannot be late.
         let Some(e) = self.signals.get_mut(stream) else {
             self.signals.insert(stream.to_string(), SignalWatermark { max_event_end: event_end(), last_arrival: now });

@@ -612,13 +612,13 @@ impl Processor {
                         Scope::National => Province::ALL.len(),
                     };
                     if !self.marked_year[slot].is_some_and(|(from, to)| (from..to).contains(&v.period_start_s)) {
-                        let y = co2cast_model::calendar::civil::shanghai_year(v.period_start_s);
+                        use co2cast_model::calendar::civil::{shanghai_year, shanghai_year_start};
+                        let y = shanghai_year(v.period_start_s);
                         // A base-year value changes the ratios of the following year too.
                         for year in [y, y + 1] {
                             self.dirty.entry(year as i32).or_insert(Dirty::Provinces(0)).add(v.scope);
                         }
-                        let year_start = |y: i64| co2cast_model::calendar::civil::days_from_civil(y, 1, 1) * 86_400 - 8 * 3600;
-                        self.marked_year[slot] = Some((year_start(y), year_start(y + 1)));
+                        self.marked_year[slot] = Some((shanghai_year_start(y), shanghai_year_start(y + 1)));
                     }
                 }
                 if let Some(l) = &mut self.lake {

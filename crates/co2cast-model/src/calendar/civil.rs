@@ -22,9 +22,19 @@ pub fn year_of_days(days: i64) -> i64 {
     year_of_era + era * 400 + i64::from(shifted_month >= 10)
 }
 
+/// Asia/Shanghai's offset from UTC in seconds.
+pub fn shanghai_offset_s() -> i64 {
+    i64::from(super::shanghai().local_minus_utc())
+}
+
 /// The Asia/Shanghai (UTC+8) calendar year of a Unix time in seconds.
 pub fn shanghai_year(unix_s: i64) -> i64 {
-    year_of_days((unix_s + 8 * 3600).div_euclid(86_400))
+    year_of_days((unix_s + shanghai_offset_s()).div_euclid(86_400))
+}
+
+/// The Unix time at which Asia/Shanghai year `y` begins.
+pub fn shanghai_year_start(y: i64) -> i64 {
+    days_from_civil(y, 1, 1) * 86_400 - shanghai_offset_s()
 }
 
 /// Days in month `m` (1–12) of year `y`.
@@ -61,5 +71,6 @@ mod tests {
         // 2019-12-31T16:00:00Z is 2020-01-01T00:00:00+08:00.
         let turn = DateTime::parse_from_rfc3339("2019-12-31T16:00:00Z").unwrap().timestamp();
         assert_eq!((shanghai_year(turn - 1), shanghai_year(turn)), (2019, 2020));
+        assert_eq!(shanghai_year_start(2020), turn);
     }
 }
