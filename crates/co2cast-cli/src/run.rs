@@ -19,7 +19,8 @@ pub struct Args {
     /// sample (2018–2019, 31 provinces) is replayed into it.
     #[arg(long)]
     brokers: Option<String>,
-    /// Where checkpoints are kept (offsets and state, written atomically together).
+    /// Where checkpoints are kept (offsets and state, written atomically together); by
+    /// default `<lake>/_state` for the embedded run, `state` (or the settings file's) with --brokers.
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Stop once all input is processed (for scripts and tests) instead of serving on.
@@ -129,16 +130,26 @@ fn embedded(
 ) -> Result<RunSummary, Box<dyn std::error::Error>> {
     let cluster = co2cast_pipeline::embedded::start_cluster_with(&cfg.topics)?;
     cfg.brokers = cluster.bootstrap_servers();
-    // A fresh embedded cluster has none of the offsets an old checkpoint would name.
-    let dir = state_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("co2cast-embedded-{}", std::process::id())));
-    let _ = std::fs::remove_file(co2cast_pipeline::checkpoint::Checkpoint::file(&dir));
+    // The state lives with the lake it wrote, so that a restart resumes both. The embedded
+    // broker starts empty every run: its offsets are new, while the checkpointed state
+    // (every value received, from the sample or from outside it), what was published and
+    // what was owed carry over; the sample read again changes nothing.
+    let dir = state_dir.or_else(|| cfg.lake_dir.as_ref().map(|l| l.join("_state"))).unwrap_or_else(|| PathBuf::from("state"));
+    let resumed = co2cast_pipeline::checkpoint::Checkpoint::load(&dir)?.map(|c| (c.sequence, c.counters.received));
     cfg.checkpoint_dir = dir;
+    cfg.fresh_log = true;
     let records = records_from_dataset(&history, 2018..=2019, Some(2019));
     eprintln!(
         "co2cast: embedded Kafka at {}; replaying {} real proxy messages (2018-2019, 31 provinces) from the bundled sample",
         cfg.brokers,
         records.len()
     );
+    if let Some((sequence, received)) = resumed {
+        eprintln!(
+            "co2cast: resuming the state in {} (checkpoint {sequence}, {received} messages received so far); only what changes is re-estimated",
+            cfg.checkpoint_dir.display()
+        );
+    }
     let consumed = Arc::new(AtomicU64::new(0));
     let produced = Arc::new(AtomicU64::new(0));
     let complete = Arc::new(AtomicBool::new(false));

@@ -93,6 +93,7 @@ impl SqlFlags {
                 (Some(c), Some(k)) => Some(co2cast_sql::server::SqlTls { cert_path: c.clone(), key_path: k.clone() }),
                 _ => None,
             },
+            ..SqlServerConfig::default()
         })
     }
 }
@@ -129,8 +130,15 @@ pub enum ExportFormat {
     Csv,
 }
 
+/// The SQL runtime: its threads have the stack the SQL limits are measured against.
 pub fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn std::error::Error>> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("co2cast-sql").build()?)
+    Ok(co2cast_sql::text_limits::runtime(2)?)
+}
+
+/// Runs `work` on a thread of `runtime()` (not on the caller's smaller stack).
+fn on_sql_thread<T: Send + 'static>(work: impl std::future::Future<Output = Result<T, String>> + Send + 'static) -> Result<T, Box<dyn std::error::Error>> {
+    let rt = runtime()?;
+    Ok(rt.block_on(rt.spawn(work)).map_err(|e| format!("internal error: SQL task failed: {e}"))??)
 }
 
 pub(crate) async fn lake_session(lake: &Path, limits: &co2cast_sql::SqlLimits) -> Result<SessionContext, Box<dyn std::error::Error>> {
@@ -141,9 +149,12 @@ pub(crate) async fn lake_session(lake: &Path, limits: &co2cast_sql::SqlLimits) -
 }
 
 pub fn query(a: QueryArgs) -> Result<(), Box<dyn std::error::Error>> {
-    runtime()?.block_on(async {
-        let ctx = lake_session(&a.lake, &co2cast_sql::SqlLimits::default()).await?;
-        let batches = co2cast_sql::query(&ctx, &a.sql).await?;
+    let (lake, sql) = (a.lake.clone(), a.sql.clone());
+    let batches = on_sql_thread(async move {
+        let ctx = lake_session(&lake, &co2cast_sql::SqlLimits::default()).await.map_err(|e| e.to_string())?;
+        co2cast_sql::query(&ctx, &sql).await.map_err(|e| e.to_string())
+    })?;
+    {
         let mut out = std::io::stdout().lock();
         match a.format {
             OutputFormat::Table => {
@@ -164,8 +175,8 @@ pub fn query(a: QueryArgs) -> Result<(), Box<dyn std::error::Error>> {
                 w.finish()?;
             }
         }
-        Ok(())
-    })
+    }
+    Ok(())
 }
 
 /// Serves SQL over `lake` until `stop` is set; tables appearing later are registered as they come.

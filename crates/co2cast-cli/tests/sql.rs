@@ -91,6 +91,22 @@ fn psql_as(port: u16, login: &Login, sql: &str) -> std::process::Output {
     cmd.output().expect("psql (Debian postgresql-client) must be installed; see the README")
 }
 
+/// Statements read by psql from its standard input, each sent on its own.
+fn psql_script(port: u16, script: &str) -> std::process::Output {
+    use std::io::Write;
+    let conninfo = format!("host=127.0.0.1 port={port} user=analyst dbname=co2cast sslmode=disable");
+    let mut child = Command::new("psql")
+        .args(["-X", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1", &conninfo])
+        .env("PGCONNECT_TIMEOUT", "5")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql");
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn serve() -> Server {
     serve_with(&[], &OPEN)
 }
@@ -459,4 +475,252 @@ fn plot_and_report_draw_what_the_lake_holds() {
     let o = Command::new(BIN).args(["report", "--lake", &lake, "--year", "1990", "--out"]).arg(dir.join("none")).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no comparison for 1990"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every `.parquet` file under the lake, with its size and modification time.
+fn lake_files(dir: &Path) -> std::collections::BTreeMap<PathBuf, (u64, std::time::SystemTime)> {
+    fn walk(d: &Path, out: &mut std::collections::BTreeMap<PathBuf, (u64, std::time::SystemTime)>) {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                let m = e.metadata().unwrap();
+                out.insert(p, (m.len(), m.modified().unwrap()));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, &mut out);
+    out
+}
+
+/// Statements that write, whatever wraps them (EXPLAIN ANALYZE, a second statement in the
+/// same message, a CTE), are refused over the simple protocol (psql) and the extended one
+/// (psycopg's prepared statements), and nothing on disk changes.
+#[test]
+fn no_wrapper_lets_a_statement_write_through_the_sql_endpoint() {
+    let s = serve();
+    let lake = lake().dir.clone();
+    let before = lake_files(&lake);
+    let pwned = std::env::temp_dir().join(format!("co2cast-pwned-{}.csv", std::process::id()));
+    let inventory_file = lake.join("inventory/data.parquet");
+    let attempts = [
+        format!("EXPLAIN ANALYZE COPY (SELECT 'pwned' AS a) TO '{}'", pwned.display()),
+        format!("EXPLAIN ANALYZE COPY (SELECT province, sector, year, value_mtco2 * 1000 AS value_mtco2, source FROM inventory) TO '{}'", inventory_file.display()),
+        "EXPLAIN ANALYZE INSERT INTO inventory SELECT * FROM inventory".to_string(),
+        "EXPLAIN INSERT INTO inventory SELECT * FROM inventory".to_string(),
+        "SELECT 1; INSERT INTO inventory SELECT * FROM inventory".to_string(),
+        format!("SELECT 1; COPY (SELECT 1) TO '{}'", pwned.display()),
+        "WITH x AS (SELECT * FROM inventory) INSERT INTO inventory SELECT * FROM x".to_string(),
+        "INSERT INTO inventory WITH x AS (SELECT * FROM inventory) SELECT * FROM x".to_string(),
+        "PREPARE p AS INSERT INTO inventory SELECT * FROM inventory".to_string(),
+        "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'".to_string(),
+        "SET datafusion.catalog.default_catalog = 'x'".to_string(),
+    ];
+    for q in &attempts {
+        let out = psql(s.1, q);
+        assert!(!out.status.success(), "accepted over the simple protocol: {q}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("server closed the connection"), "{q}: {err}");
+    }
+    // The extended protocol: each statement prepared and executed by psycopg.
+    let script = r#"
+import json, sys
+import psycopg
+out = []
+with psycopg.connect(sys.argv[1], autocommit=True) as conn:
+    for q in json.loads(sys.argv[2]):
+        try:
+            conn.execute(q, prepare=True)
+            out.append("accepted")
+        except psycopg.Error as e:
+            out.append("refused: " + str(e).splitlines()[0])
+    # The session still answers, with a bound parameter.
+    out.append(str(conn.execute("SELECT count(*) FROM inventory WHERE year = %s", (2018,), prepare=True).fetchone()[0]))
+print(json.dumps(out))
+"#;
+    let conninfo = format!("host=127.0.0.1 port={} user=analyst dbname=co2cast sslmode=disable", s.1);
+    let single: Vec<&String> = attempts.iter().filter(|q| !q.starts_with("SELECT 1;")).collect();
+    let out = Command::new("python3").arg("-c").arg(script).arg(&conninfo).arg(serde_json::to_string(&single).unwrap()).output().unwrap();
+    assert!(out.status.success(), "python3 with psycopg (pip install 'psycopg[binary]'): {}", String::from_utf8_lossy(&out.stderr));
+    let verdicts: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    for (q, v) in single.iter().zip(&verdicts) {
+        assert!(v.starts_with("refused"), "accepted over the extended protocol: {q}");
+    }
+    assert!(verdicts.last().unwrap().parse::<u64>().unwrap() > 0, "{verdicts:?}");
+    assert!(!pwned.exists(), "a file was written through SQL");
+    assert_eq!(lake_files(&lake), before, "the lake changed on disk");
+    // Reads still work, EXPLAIN ANALYZE of a query included.
+    for q in ["EXPLAIN ANALYZE SELECT count(*) FROM estimates_latest", "WITH x AS (SELECT * FROM inventory) SELECT count(*) FROM x", "SELECT count(*) FROM estimates_as_of('2100-01-01T00:00:00Z')"] {
+        let out = psql(s.1, q);
+        assert!(out.status.success(), "{q}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// One deep expression used to overflow the SQL thread's stack and abort the process.
+#[test]
+fn a_deep_expression_is_an_error_and_the_server_lives_on() {
+    let s = serve();
+    let chain = |n: usize| format!("SELECT {}", vec!["1"; n].join(" + "));
+    let deep = psql(s.1, &chain(2_000));
+    assert!(!deep.status.success());
+    assert!(String::from_utf8_lossy(&deep.stderr).contains("levels deep"), "{}", String::from_utf8_lossy(&deep.stderr));
+    let nested = psql(s.1, &format!("SELECT {}1{}", "(".repeat(5_000), ")".repeat(5_000)));
+    assert!(!nested.status.success());
+    // The deepest accepted chain plans and runs.
+    let ok = psql(s.1, &chain(co2cast_sql::text_limits::MAX_EXPRESSION_DEPTH / 2));
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), (co2cast_sql::text_limits::MAX_EXPRESSION_DEPTH / 2).to_string());
+    assert!(psql(s.1, "SELECT 1").status.success());
+    let mut server = s;
+    assert!(server.0.try_wait().unwrap().is_none(), "the server died");
+    // The one-shot command too: an error line, no crash.
+    let out = Command::new(BIN).args(["query", "--lake"]).arg(&lake().dir).arg(chain(20_000)).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("levels deep") && !err.contains("overflow"), "{err}");
+}
+
+/// Sessions keep their settings to themselves, and no client may change engine options.
+#[test]
+fn settings_are_per_session_and_engine_options_are_not_settable() {
+    let s = serve();
+    for q in [
+        "SET datafusion.catalog.default_catalog = 'x'",
+        "SET datafusion.runtime.memory_limit = '20G'",
+        "SET datafusion.execution.target_partitions = 64",
+        "SET datafusion.catalog.information_schema = false",
+        "SET co2cast_lake.anything = 1",
+    ] {
+        let out = psql(s.1, q);
+        assert!(!out.status.success(), "{q} accepted");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be set"), "{q}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // A client setting stays in its session: one session changes its time zone and its
+    // statement timeout while another, open at the same time, keeps the defaults.
+    let script = r#"
+import sys, psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as a, psycopg.connect(sys.argv[1], autocommit=True) as b:
+    a.execute("SET TIME ZONE 'Asia/Tokyo'")
+    a.execute("SET statement_timeout = 1")
+    ta = a.execute("SHOW TIME ZONE").fetchone()[0]
+    tb = b.execute("SHOW TIME ZONE").fetchone()[0]
+    sb = b.execute("SHOW statement_timeout").fetchone()[0]
+    nb = b.execute("SELECT count(*) FROM estimate_ensemble").fetchone()[0]
+    print(ta, tb, sb, nb)
+"#;
+    let conninfo = format!("host=127.0.0.1 port={} user=analyst dbname=co2cast sslmode=disable", s.1);
+    let out = Command::new("python3").arg("-c").arg(script).arg(&conninfo).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let words: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect();
+    assert_eq!(words[0], "Asia/Tokyo");
+    assert_ne!(words[1], "Asia/Tokyo", "a SET leaked into another session");
+    assert_eq!(words[2], "0", "a statement timeout leaked into another session");
+    assert!(words[3].parse::<u64>().unwrap() > 0);
+    // Every other client still works, with the lake tables in place.
+    assert!(psql(s.1, "SELECT count(*) FROM estimates_latest").status.success());
+}
+
+/// Sockets that never log in hold no connection slot and are closed after the login timeout.
+#[test]
+fn idle_sockets_do_not_lock_clients_out() {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["serve", "--lake"])
+        .arg(&lake().dir)
+        .args(["--sql-port", &port.to_string(), "--max-connections", "4"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut s = Server(child, port);
+    let t = std::time::Instant::now();
+    while !psql(port, "SELECT 1").status.success() {
+        assert!(s.0.try_wait().unwrap().is_none() && t.elapsed().as_secs() < 60, "the SQL endpoint did not come up");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let idle: Vec<std::net::TcpStream> = (0..40).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let t = std::time::Instant::now();
+    for _ in 0..3 {
+        let out = psql(port, "SELECT count(*) FROM inventory");
+        assert!(out.status.success(), "locked out by idle sockets: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(t.elapsed().as_secs() < 10, "three queries took {:?} behind 40 idle sockets", t.elapsed());
+    // The idle sockets are closed once the login timeout (10 s) passes.
+    std::thread::sleep(std::time::Duration::from_secs(11));
+    let mut closed = 0;
+    for mut sock in idle {
+        use std::io::Read;
+        sock.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 16];
+        if matches!(sock.read(&mut buf), Ok(0) | Err(_)) {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 40, "sockets that never logged in must be closed");
+    assert!(s.0.try_wait().unwrap().is_none());
+}
+
+/// Filters on partition columns, alone and together, count what DuckDB counts on the same
+/// files, for every partitioned table and every partition value.
+#[test]
+fn partition_filters_agree_with_duckdb_on_every_table_and_column() {
+    let dir = &lake().dir;
+    let tables: Vec<(&str, &[&str])> = co2cast_lake::tables::ALL.iter().filter(|t| !t.partition_columns.is_empty()).map(|t| (t.name, t.partition_columns)).collect();
+    // DuckDB's counts per partition value, per table.
+    let script = r#"
+import json, sys, duckdb
+root, tables = sys.argv[1], json.loads(sys.argv[2])
+con = duckdb.connect()
+out = {}
+for t, cols in tables:
+    src = f"read_parquet('{root}/{t}/**/*.parquet', hive_partitioning = true)"
+    key = ", ".join(cols)
+    out[t] = [list(r) for r in con.execute(f"SELECT {key}, count(*) FROM {src} GROUP BY {key} ORDER BY {key}").fetchall()]
+print(json.dumps(out))
+"#;
+    let out = Command::new("python3").arg("-c").arg(script).arg(dir).arg(serde_json::to_string(&tables).unwrap()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let duck: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = serve();
+    let mut checked = 0;
+    for (t, cols) in &tables {
+        let groups = duck[*t].as_array().unwrap();
+        assert!(!groups.is_empty(), "{t}: DuckDB found no partitions");
+        // Every combination: all columns pinned, and each column alone.
+        let mut queries = Vec::new();
+        let mut expected = Vec::new();
+        for g in groups {
+            let g = g.as_array().unwrap();
+            let values: Vec<i64> = g[..cols.len()].iter().map(|v| v.as_i64().unwrap()).collect();
+            let all = cols.iter().zip(&values).map(|(c, v)| format!("{c} = {v}")).collect::<Vec<_>>().join(" AND ");
+            queries.push(format!("SELECT count(*) FROM {t} WHERE {all};"));
+            expected.push(g[cols.len()].as_i64().unwrap());
+        }
+        for (i, c) in cols.iter().enumerate() {
+            let mut by_value: std::collections::BTreeMap<i64, i64> = std::collections::BTreeMap::new();
+            for g in groups {
+                let g = g.as_array().unwrap();
+                *by_value.entry(g[i].as_i64().unwrap()).or_default() += g[cols.len()].as_i64().unwrap();
+            }
+            for (v, n) in by_value {
+                queries.push(format!("SELECT count(*) FROM {t} WHERE {c} = {v};"));
+                expected.push(n);
+            }
+        }
+        let out = psql_script(s.1, &queries.join("\n"));
+        assert!(out.status.success(), "{t}: {}", String::from_utf8_lossy(&out.stderr));
+        let got: Vec<i64> = String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).map(|l| l.trim().parse().unwrap()).collect();
+        assert_eq!(got.len(), queries.len());
+        for ((q, e), g) in queries.iter().zip(&expected).zip(&got) {
+            assert_eq!(g, e, "{q} (DuckDB counts {e})");
+        }
+        checked += queries.len();
+    }
+    assert!(checked > 50, "{checked} partition filters checked");
+    // The one-shot command answers the issue's query like DuckDB.
+    let july = &query_json("SELECT count(*) AS n FROM estimates_latest WHERE year = 2019 AND month = 7")[0];
+    let duck_july = duck["estimates_latest"].as_array().unwrap().iter().find(|g| g[0] == 2019 && g[1] == 7).unwrap()[2].as_i64().unwrap();
+    assert_eq!(f(&july["n"]) as i64, duck_july);
 }

@@ -27,9 +27,12 @@ fn tempdir(name: &str) -> PathBuf {
 
 fn run_cmd(brokers: &str, state: &std::path::Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_co2cast"));
-    c.args(["run", "--brokers", brokers, "--exit-when-idle", "--quiet", "--json", "--members", "60", "--checkpoint-every", "300", "--provinces", PROVINCES])
+    c.args(["run", "--brokers", brokers, "--exit-when-idle", "--quiet", "--json", "--members", "60", "--checkpoint-every", "300", "--provinces", PROVINCES, "--no-sql"])
         .arg("--state-dir")
         .arg(state)
+        // A restarted member rejoins once the killed one's session expires: keep that short.
+        .env("CO2CAST__PROCESSOR__SESSION_TIMEOUT_MS", "3000")
+        .env("CO2CAST__PROCESSOR__HEARTBEAT_INTERVAL_MS", "500")
         .stdin(Stdio::null());
     c
 }
@@ -39,7 +42,7 @@ fn latest_with_kcat(brokers: &str) -> BTreeMap<String, serde_json::Value> {
     let out = Command::new("kcat")
         .args(["-b", brokers, "-C", "-t", "co2cast.estimates.daily", "-e", "-q", "-K", "\t", "-o", "beginning"])
         .output()
-        .expect("kcat is installed (.ci/run installs it from apt)");
+        .expect("kcat is installed (the README's test command installs it)");
     assert!(out.status.success(), "kcat: {}", String::from_utf8_lossy(&out.stderr));
     let mut latest: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     for line in String::from_utf8(out.stdout).unwrap().lines() {
@@ -50,18 +53,44 @@ fn latest_with_kcat(brokers: &str) -> BTreeMap<String, serde_json::Value> {
             latest.insert(k.to_string(), row);
         }
     }
-    for v in latest.values_mut() {
+    strip_vintage(latest)
+}
+
+/// How many times a row was revised, and when, depends on when flushes happened; what the
+/// row says must not.
+fn strip_vintage(mut rows: BTreeMap<String, serde_json::Value>) -> BTreeMap<String, serde_json::Value> {
+    for v in rows.values_mut() {
         v["revision"] = serde_json::Value::Null;
-        // When a vintage was computed is wall-clock time; what it says must not differ.
         v["computed_at"] = serde_json::Value::Null;
     }
-    latest
+    rows
+}
+
+/// The lake's `estimates_latest`, every column, keyed like the Kafka rows.
+fn latest_in_lake(lake: &std::path::Path) -> BTreeMap<String, serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_co2cast"))
+        .args(["query", "--format", "json", "--lake"])
+        .arg(lake)
+        .arg(format!("SELECT {} FROM estimates_latest", co2cast_sql::AS_OF_COLUMNS))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (format!("{}/{}/{}", v["province"].as_str().unwrap(), v["sector"].as_str().unwrap(), v["date"].as_str().unwrap()), v)
+        })
+        .collect();
+    strip_vintage(rows)
 }
 
 fn assert_same(a: &BTreeMap<String, serde_json::Value>, b: &BTreeMap<String, serde_json::Value>) {
     assert_eq!(a.len(), b.len(), "different estimate keys");
     for (k, v) in a {
-        let w = &b[k];
+        let w = b.get(k).unwrap_or_else(|| panic!("{k} missing"));
+        assert_eq!(v.as_object().unwrap().len(), w.as_object().unwrap().len(), "{k}: columns");
         for (f, x) in v.as_object().unwrap() {
             match (x.as_f64(), w[f].as_f64()) {
                 (Some(x), Some(y)) => assert!((x - y).abs() <= 1e-9 * x.abs().max(y.abs()), "{k}.{f}: {x} vs {y}"),
@@ -71,59 +100,219 @@ fn assert_same(a: &BTreeMap<String, serde_json::Value>, b: &BTreeMap<String, ser
     }
 }
 
+/// A small xorshift generator: the kill schedule is reproducible from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// When to kill a run.
+#[derive(Debug, Clone, Copy)]
+enum KillAt {
+    /// This many milliseconds after the run's `nth` checkpoint.
+    AfterCheckpoint { nth: u64, delay_ms: u64 },
+    /// While the checkpoint is being written (its temporary file exists).
+    CheckpointWrite,
+    /// While the lake is being committed (its `_writing` marker exists).
+    LakeCommit,
+}
+
 #[test]
-fn sigkill_and_restart_give_the_estimates_of_an_uninterrupted_run() {
+fn sigkill_at_seeded_random_moments_gives_the_estimates_of_an_uninterrupted_run() {
+    let seed: u64 = std::env::var("CO2CAST_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20_191_231);
+    eprintln!("kill schedule seed {seed} (CO2CAST_TEST_SEED)");
+    let mut rng = Rng(seed | 1);
     let records = sample();
     let produce = |brokers: &str| {
         produce_paced(brokers, &co2cast_pipeline::TopicNames::default(), &records, u64::MAX, None, Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false))).unwrap()
+    };
+    let with_lake = |c: &mut Command, lake: &std::path::Path| {
+        c.arg("--lake").arg(lake);
     };
     // Uninterrupted.
     let a = co2cast_pipeline::embedded::start_cluster().unwrap();
     let brokers_a = a.bootstrap_servers();
     produce(&brokers_a);
-    let out = run_cmd(&brokers_a, &tempdir("straight")).output().unwrap();
+    let root_a = tempdir("straight");
+    let mut cmd = run_cmd(&brokers_a, &root_a.join("state"));
+    with_lake(&mut cmd, &root_a.join("lake"));
+    let out = cmd.output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let straight = latest_with_kcat(&brokers_a);
+    let straight_lake = latest_in_lake(&root_a.join("lake"));
 
-    // Killed with SIGKILL three times at different moments, then run to the end.
+    // Killed with SIGKILL at seeded moments, then run to the end.
     let b = co2cast_pipeline::embedded::start_cluster().unwrap();
     let brokers_b = b.bootstrap_servers();
     produce(&brokers_b);
-    let state = tempdir("killed");
-    let sequence = || -> u64 {
-        std::fs::read(state.join("checkpoint.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["sequence"].as_u64())
-            .unwrap_or(0)
-    };
-    let mut kills = 0;
-    // Kill each run shortly after a later checkpoint, so that it dies between checkpoints
-    // (mid-batch, or mid-publication) with work done since the last one.
-    for (target, after_ms) in [(1u64, 120u64), (3, 40), (5, 250)] {
-        let mut child = run_cmd(&brokers_b, &state).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        while sequence() < target && std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none() {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(after_ms));
-        if child.try_wait().unwrap().is_none() {
+    let root = tempdir("killed");
+    let (state, lake) = (root.join("state"), root.join("lake"));
+    let mut kills = Vec::new();
+    for _ in 0..7 {
+        let at = match rng.below(3) {
+            0 => KillAt::AfterCheckpoint { nth: 1 + rng.below(3), delay_ms: rng.below(250) },
+            1 => KillAt::CheckpointWrite,
+            _ => KillAt::LakeCommit,
+        };
+        let mut cmd = run_cmd(&brokers_b, &state);
+        with_lake(&mut cmd, &lake);
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let started = std::time::Instant::now();
+        let first_sequence = sequence(&state);
+        let mut checkpointed_at: Option<std::time::Instant> = None;
+        let marker = match at {
+            KillAt::AfterCheckpoint { .. } => None,
+            KillAt::CheckpointWrite => Some(state.join("checkpoint.json.tmp")),
+            KillAt::LakeCommit => Some(lake.join("_writing")),
+        };
+        // Wait for the moment (a marker seen, or the delay), or for the run to end.
+        let hit = loop {
+            if child.try_wait().unwrap().is_some() {
+                break false;
+            }
+            match (&at, &marker) {
+                (KillAt::AfterCheckpoint { nth, delay_ms }, _) => {
+                    if checkpointed_at.is_none() && sequence(&state) >= first_sequence + nth {
+                        checkpointed_at = Some(std::time::Instant::now());
+                    }
+                    if checkpointed_at.is_some_and(|t| t.elapsed().as_millis() as u64 >= *delay_ms) {
+                        break true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                // Spin: a checkpoint or lake write lasts milliseconds.
+                (_, Some(m)) if m.exists() => break true,
+                (_, Some(_)) if started.elapsed().as_secs() >= 60 => break true,
+                _ => {}
+            }
+        };
+        if hit && child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL on Unix
-            kills += 1;
+            let during_write = marker.as_ref().is_some_and(|m| m.exists());
+            kills.push((at, started.elapsed(), during_write));
         }
         let _ = child.wait();
     }
-    assert!(kills >= 2, "runs ended before they could be killed: the test would prove nothing");
-    assert!(sequence() >= 5, "the killed runs made progress through checkpoints");
-    let out = run_cmd(&brokers_b, &state).output().unwrap();
+    eprintln!("kills: {kills:?}");
+    assert!(kills.len() >= 4, "runs ended before they could be killed: the test would prove nothing ({kills:?})");
+    assert!(kills.iter().any(|k| k.2), "no kill landed during a checkpoint or lake write ({kills:?})");
+    let mut cmd = run_cmd(&brokers_b, &state);
+    with_lake(&mut cmd, &lake);
+    let out = cmd.output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let c = &summary["counters"];
     assert_eq!(c["received"].as_u64().unwrap(), records.len() as u64, "every message counted once: {c}");
     assert_eq!(c["received"], c["accepted"]);
-    let killed = latest_with_kcat(&brokers_b);
-    assert_same(&straight, &killed);
+    assert_same(&straight, &latest_with_kcat(&brokers_b));
+    assert_same(&straight_lake, &latest_in_lake(&lake));
+    assert_same(&straight, &straight_lake);
     drop((a, b));
+}
+
+/// The sequence number of the checkpoint in `state` (0 without one).
+fn sequence(state: &std::path::Path) -> u64 {
+    std::fs::read(state.join("checkpoint.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["sequence"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Rows in the lake's latest estimates, read from its manifest (what a reader would see).
+fn lake_rows(lake: &std::path::Path) -> u64 {
+    let Ok(Some(m)) = co2cast_lake::Manifest::read(lake) else { return 0 };
+    m.files.values().filter(|f| f.table == "estimates_latest").map(|f| f.rows).sum()
+}
+
+/// Restarting the embedded run resumes: the lake is never empty meanwhile, a value produced
+/// from outside the bundled sample survives the restart, and the estimates end as before.
+#[test]
+fn restarting_the_embedded_run_resumes_without_emptying_the_lake() {
+    let root = tempdir("embedded-restart");
+    let lake = root.join("lake");
+    let bin = env!("CARGO_BIN_EXE_co2cast");
+    let args = ["run", "--members", "40", "--provinces", PROVINCES, "--no-sql", "--quiet"];
+    // First run: serves on after the sample, so that a message from outside it can arrive.
+    let mut first = Command::new(bin).args(args).arg("--lake").arg(&lake).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = first.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut brokers = None;
+    let t = std::time::Instant::now();
+    while t.elapsed().as_secs() < 300 {
+        let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(1)) else { continue };
+        if let Some(rest) = line.split("embedded Kafka at ").nth(1) {
+            brokers = Some(rest.split(';').next().unwrap().trim().to_string());
+        }
+        if line.contains("still consuming") {
+            break;
+        }
+    }
+    let brokers = brokers.expect("the run names its embedded Kafka");
+    let before = latest_in_lake(&lake);
+    assert!(!before.is_empty());
+    // A revised December 2018 value for Hebei from outside the sample, produced with kcat.
+    let key = "power.generation/CN-HE/2018-12-01T00:00:00+08:00";
+    let body = r#"{"province":"CN-HE","period_start":"2018-12-01T00:00:00+08:00","granularity":"month","fuel":"thermal","value":30000,"unit":"GWh","source":"outside-the-sample","revision":7}"#;
+    let mut kcat = Command::new("kcat").args(["-b", &brokers, "-P", "-t", "proxy.power.generation", "-K", "\t"]).stdin(Stdio::piped()).spawn().unwrap();
+    {
+        use std::io::Write;
+        writeln!(kcat.stdin.take().unwrap(), "{key}\t{body}").unwrap();
+    }
+    assert!(kcat.wait().unwrap().success());
+    let revised = |rows: &BTreeMap<String, serde_json::Value>| rows["CN-HE/power/2018-12-15"]["value_mtco2"].as_f64().unwrap();
+    let t = std::time::Instant::now();
+    let after_outside = loop {
+        let rows = latest_in_lake(&lake);
+        if (revised(&rows) - revised(&before)).abs() > 1e-9 {
+            break rows;
+        }
+        assert!(t.elapsed().as_secs() < 60, "the outside value never reached the lake");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    // Checkpointed with it: then the first run is killed.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    first.kill().unwrap();
+    let _ = first.wait();
+
+    // Second run, to the end, while a reader watches the lake.
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let (lake, watching) = (lake.clone(), watching.clone());
+        std::thread::spawn(move || {
+            let mut min_rows = u64::MAX;
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                min_rows = min_rows.min(lake_rows(&lake));
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            min_rows
+        })
+    };
+    let out = Command::new(bin).args(args).arg("--exit-when-idle").arg("--lake").arg(&lake).output().unwrap();
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let min_rows = watcher.join().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("resuming the state"), "{err}");
+    assert!(min_rows > 0, "a reader saw the lake empty during the restart");
+    let after_restart = latest_in_lake(&lake);
+    assert_same(&after_outside, &after_restart);
+    assert!((revised(&after_restart) - revised(&before)).abs() > 1e-9, "the value from outside the sample was lost");
 }
 
 #[test]

@@ -72,11 +72,12 @@ pub fn scan(payload: &[u8]) -> Option<RawProxyMessage<'_>> {
                 }
             },
             Field::ObservedAt => optional(&mut f.observed_at, b, i)?,
-            Field::Fuel => optional(&mut f.fuel, b, i)?,
-            Field::Product => optional(&mut f.product, b, i)?,
-            Field::ValueType => optional(&mut f.value_type, b, i)?,
-            Field::Kind => optional(&mut f.kind, b, i)?,
-            Field::City => optional(&mut f.city, b, i)?,
+            // Topic fields are strings when present (a null is serde's error to give).
+            Field::Fuel => set(&mut f.fuel, string(b, i)?),
+            Field::Product => set(&mut f.product, string(b, i)?),
+            Field::ValueType => set(&mut f.value_type, string(b, i)?),
+            Field::Kind => set(&mut f.kind, string(b, i)?),
+            Field::City => set(&mut f.city, string(b, i)?),
         };
         i = skip_ws(b, i);
         match b.get(i) {

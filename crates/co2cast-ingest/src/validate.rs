@@ -3,7 +3,7 @@
 //! dropped silently and nothing panics.
 
 use crate::caps::PlausibilityCaps;
-use crate::message::{Granularity, RawProxyMessage, Topic};
+use crate::message::{Granularity, MAX_MESSAGE_BYTES, MAX_NAME_CHARS, MAX_TIMESTAMP_CHARS, MAX_VARIANT_CHARS, RawProxyMessage, Topic};
 use chrono::{DateTime, Datelike, Duration, NaiveDateTime, Utc};
 use co2cast_model::calendar::civil::{days_from_civil, month_length};
 use co2cast_model::calendar::shanghai;
@@ -26,17 +26,20 @@ pub enum RejectCode {
     UnknownProvince,
     UnknownVariant,
     UnknownUnit,
-    UnitMismatch,
     MissingRevision,
     NotFinite,
     NegativeValue,
     ImplausibleValue,
     FuturePeriod,
     TooOld,
+    MissingKey,
+    InvalidField,
+    UnsupportedGranularity,
+    MessageTooLarge,
 }
 
 impl RejectCode {
-    pub const ALL: [RejectCode; 16] = [
+    pub const ALL: [RejectCode; 19] = [
         RejectCode::UnknownTopic,
         RejectCode::MalformedJson,
         RejectCode::KeyMismatch,
@@ -46,13 +49,16 @@ impl RejectCode {
         RejectCode::UnknownProvince,
         RejectCode::UnknownVariant,
         RejectCode::UnknownUnit,
-        RejectCode::UnitMismatch,
         RejectCode::MissingRevision,
         RejectCode::NotFinite,
         RejectCode::NegativeValue,
         RejectCode::ImplausibleValue,
         RejectCode::FuturePeriod,
         RejectCode::TooOld,
+        RejectCode::MissingKey,
+        RejectCode::InvalidField,
+        RejectCode::UnsupportedGranularity,
+        RejectCode::MessageTooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,13 +72,16 @@ impl RejectCode {
             RejectCode::UnknownProvince => "unknown_province",
             RejectCode::UnknownVariant => "unknown_variant",
             RejectCode::UnknownUnit => "unknown_unit",
-            RejectCode::UnitMismatch => "unit_mismatch",
             RejectCode::MissingRevision => "missing_revision",
             RejectCode::NotFinite => "not_finite",
             RejectCode::NegativeValue => "negative_value",
             RejectCode::ImplausibleValue => "implausible_value",
             RejectCode::FuturePeriod => "future_period",
             RejectCode::TooOld => "too_old",
+            RejectCode::MissingKey => "missing_key",
+            RejectCode::InvalidField => "invalid_field",
+            RejectCode::UnsupportedGranularity => "unsupported_granularity",
+            RejectCode::MessageTooLarge => "message_too_large",
         }
     }
 }
@@ -288,13 +297,39 @@ fn signal_of(topic: Topic, m: &RawProxyMessage<'_>) -> Result<(Signal, bool), Re
     }
 }
 
-/// Units a signal accepts, after normalisation.
-fn canonical_unit_matches(signal: Signal, canonical: &str) -> bool {
-    match signal.unit() {
-        "index" => matches!(canonical, "index" | "passengers"),
-        "passengers" => matches!(canonical, "passengers" | "index"),
-        u => u == canonical,
+/// The contract's field rules that are not about meaning: string lengths, the topic's own
+/// fields and granularities (the JSON Schemas in `proxies/schemas/` say the same; a test
+/// checks that they agree).
+fn check_fields(topic: Topic, m: &RawProxyMessage<'_>) -> Result<(), Reject> {
+    let len = |field: &str, v: &str, min: usize, max: usize| -> Result<(), Reject> {
+        let n = v.chars().count();
+        if n < min || n > max {
+            let what = if n < min { format!("shorter than {min}") } else { format!("longer than {max}") };
+            return reject(RejectCode::InvalidField, format!("`{field}` is {what} characters ({n})"));
+        }
+        Ok(())
+    };
+    len("province", &m.province, 2, MAX_NAME_CHARS)?;
+    len("source", &m.source, 1, MAX_NAME_CHARS)?;
+    len("unit", &m.unit, 1, MAX_VARIANT_CHARS)?;
+    len("period_start", &m.period_start, 1, MAX_TIMESTAMP_CHARS)?;
+    if let Some(o) = &m.observed_at {
+        len("observed_at", o, 1, MAX_TIMESTAMP_CHARS)?;
     }
+    let variants = [("fuel", &m.fuel), ("product", &m.product), ("value_type", &m.value_type), ("kind", &m.kind), ("city", &m.city)];
+    for (name, v) in variants {
+        if let Some(v) = v {
+            if !topic.variant_fields().contains(&name) {
+                return reject(RejectCode::InvalidField, format!("`{name}` is not a field of {}", topic.name()));
+            }
+            len(name, v, 1, if name == "city" { MAX_NAME_CHARS } else { MAX_VARIANT_CHARS })?;
+        }
+    }
+    if !topic.granularities().contains(&m.granularity) {
+        let allowed: Vec<&str> = topic.granularities().iter().map(|g| g.as_str()).collect();
+        return reject(RejectCode::UnsupportedGranularity, format!("{} is published by {}, not by {}", topic.name(), allowed.join(", "), m.granularity.as_str()));
+    }
+    Ok(())
 }
 
 /// The start as whole Unix seconds, if it is the start of a period of `g`.
@@ -345,8 +380,15 @@ pub fn validate_family(
     caps: &PlausibilityCaps,
     rules: &ValidationRules,
 ) -> Result<ValidProxy, Reject> {
+    if payload.len() > MAX_MESSAGE_BYTES {
+        return reject(RejectCode::MessageTooLarge, format!("message of {} bytes; at most {MAX_MESSAGE_BYTES} are accepted", payload.len()));
+    }
+    let Some(key) = key else {
+        return reject(RejectCode::MissingKey, format!("a message needs its key `{}/<province>/<period_start>`", topic.key_prefix()));
+    };
     let m: RawProxyMessage = crate::decode::decode(payload)
         .map_err(|e| Reject { code: RejectCode::MalformedJson, reason: e.to_string() })?;
+    check_fields(topic, &m)?;
     let (signal, ytd) = signal_of(topic, &m)?;
     // Exact ISO codes first (the hot path), then the national code and lenient names.
     let scope = match Province::from_iso(&m.province) {
@@ -362,7 +404,8 @@ pub fn validate_family(
     if ytd && m.granularity != Granularity::Month {
         return reject(RejectCode::UnknownVariant, "year-to-date values must be monthly");
     }
-    if let Some(k) = key {
+    {
+        let k = key;
         // Fast path: the key is written exactly as the body's fields (compared as bytes, so a
         // matching key needs no UTF-8 check of its own).
         let exact = k
@@ -390,11 +433,11 @@ pub fn validate_family(
         return reject(RejectCode::MissingRevision, "a message needs `revision` or `observed_at`");
     }
     let observed_at = m.observed_at.as_deref().map(|s| parse_instant("observed_at", s)).transpose()?;
+    if !topic.units().contains(&&*m.unit) {
+        return reject(RejectCode::UnknownUnit, format!("unit `{}` is not one of {} for {}", m.unit, topic.units().join(", "), topic.name()));
+    }
     let conv = normalise_unit(&m.unit)
         .ok_or_else(|| Reject { code: RejectCode::UnknownUnit, reason: format!("unknown unit `{}`", m.unit) })?;
-    if !canonical_unit_matches(signal, conv.canonical) {
-        return reject(RejectCode::UnitMismatch, format!("unit `{}` is not a {} unit for {signal}", m.unit, signal.unit()));
-    }
     if !m.value.is_finite() {
         return reject(RejectCode::NotFinite, "value is not a finite number");
     }

@@ -14,8 +14,19 @@ fn caps() -> PlausibilityCaps {
     PlausibilityCaps::default()
 }
 
+/// Validates with `key`, or with the key the contract asks for when `None`.
 fn check(topic: &str, key: Option<&str>, json: &str) -> Result<ValidProxy, Reject> {
-    validate(topic, key.map(str::as_bytes), json.as_bytes(), now(), &caps(), &ValidationRules::default())
+    let auto = key_for(topic, json);
+    // A body that is no JSON object still comes with some key.
+    let key = key.map(str::to_string).or(auto).or_else(|| Some("power.generation/?/?".into()));
+    validate(topic, key.as_deref().map(str::as_bytes), json.as_bytes(), now(), &caps(), &ValidationRules::default())
+}
+
+/// `<signal>/<province>/<period_start>` read off the body (None when it has no such fields).
+fn key_for(topic: &str, json: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let prefix = topic.strip_prefix("proxy.").unwrap_or(topic);
+    Some(format!("{prefix}/{}/{}", v["province"].as_str().unwrap_or(""), v["period_start"].as_str().unwrap_or("")))
 }
 
 const POWER: &str = "proxy.power.generation";
@@ -57,7 +68,6 @@ fn every_reject_code_has_a_trigger() {
         (RejectCode::MisalignedPeriod, POWER, power("CN-HE", "2019-07-04T14:30:00+08:00", 1.0, "GWh")),
         (RejectCode::UnknownProvince, POWER, power("Atlantis", "2019-07-04T14:00:00+08:00", 1.0, "GWh")),
         (RejectCode::UnknownUnit, POWER, power("CN-HE", "2019-07-04T14:00:00+08:00", 1.0, "furlongs")),
-        (RejectCode::UnitMismatch, POWER, power("CN-HE", "2019-07-04T14:00:00+08:00", 1.0, "t")),
         (RejectCode::NegativeValue, POWER, power("CN-HE", "2019-07-04T14:00:00+08:00", -5.0, "GWh")),
         (RejectCode::ImplausibleValue, POWER, power("CN-HE", "2019-07-04T14:00:00+08:00", 1.0e6, "GWh")),
         (RejectCode::FuturePeriod, POWER, power("CN-HE", "2019-09-04T14:00:00+08:00", 1.0, "GWh")),
@@ -65,6 +75,11 @@ fn every_reject_code_has_a_trigger() {
         (RejectCode::MissingRevision, POWER, r#"{"province":"CN-HE","period_start":"2019-07-04T14:00:00+08:00","granularity":"hour","fuel":"thermal","value":1,"unit":"GWh","source":"t"}"#.into()),
         (RejectCode::UnknownVariant, POWER, r#"{"province":"CN-HE","period_start":"2019-07-04T14:00:00+08:00","granularity":"hour","fuel":"unicorn","value":1,"unit":"GWh","source":"t","revision":0}"#.into()),
         (RejectCode::NotFinite, POWER, r#"{"province":"CN-HE","period_start":"2019-07-04T14:00:00+08:00","granularity":"hour","fuel":"thermal","value":1e400,"unit":"GWh","source":"t","revision":0}"#.into()),
+        (RejectCode::InvalidField, POWER, r#"{"province":"CN-HE","period_start":"2019-07-04T14:00:00+08:00","granularity":"hour","fuel":"thermal","value":1,"unit":"GWh","source":"","revision":0}"#.into()),
+        (RejectCode::InvalidField, POWER, format!(r#"{{"province":"CN-HE","period_start":"2019-07-04T14:00:00+08:00","granularity":"hour","fuel":"thermal","value":1,"unit":"GWh","source":"{}","revision":0}}"#, "s".repeat(65))),
+        (RejectCode::InvalidField, POWER, r#"{"province":"CN-HE","period_start":"2019-07-04T14:00:00+08:00","granularity":"hour","fuel":"thermal","product":"cement","value":1,"unit":"GWh","source":"t","revision":0}"#.into()),
+        (RejectCode::UnsupportedGranularity, "proxy.industry.output", r#"{"province":"CN-HE","period_start":"2019-07-04T14:00:00+08:00","granularity":"hour","product":"cement","value_type":"monthly","value":1,"unit":"t","source":"t","revision":0}"#.into()),
+        (RejectCode::MessageTooLarge, POWER, format!(r#"{{"province":"CN-HE","period_start":"2019-07-04T14:00:00+08:00","granularity":"hour","fuel":"thermal","value":1,"unit":"GWh","source":"{}","revision":0}}"#, "s".repeat(2 << 20))),
     ];
     let mut seen = std::collections::BTreeSet::new();
     for (code, topic, json) in &cases {
@@ -83,6 +98,11 @@ fn every_reject_code_has_a_trigger() {
     let e = check(POWER, Some("bad"), &power("CN-HE", "2019-07-04T14:00:00+08:00", 1.0, "GWh")).unwrap_err();
     assert_eq!(e.code, RejectCode::KeyMismatch);
     seen.insert(RejectCode::KeyMismatch);
+    // A message without a key is refused, whatever its body.
+    let body = power("CN-HE", "2019-07-04T14:00:00+08:00", 1.0, "GWh");
+    let e = validate(POWER, None, body.as_bytes(), now(), &caps(), &ValidationRules::default()).unwrap_err();
+    assert_eq!(e.code, RejectCode::MissingKey);
+    seen.insert(RejectCode::MissingKey);
     for c in RejectCode::ALL {
         assert!(seen.contains(&c) || c == RejectCode::NotFinite, "no test triggers {c}");
     }
@@ -101,9 +121,10 @@ fn caps_come_from_history_per_province() {
     panel.set_monthly(Signal::ThermalGeneration, Scope::Province(Province::Beijing), YearMonth::new(2018, 1), 4_000.0);
     let caps = PlausibilityCaps::from_history(&panel);
     let msg = |v: f64| format!(r#"{{"province":"CN-BJ","period_start":"2019-07-01T00:00:00+08:00","granularity":"month","fuel":"thermal","value":{v},"unit":"GWh","source":"t","revision":0}}"#);
-    let ok = validate(POWER, None, msg(9_000.0).as_bytes(), now(), &caps, &ValidationRules::default());
+    let key = Some("power.generation/CN-BJ/2019-07-01T00:00:00+08:00".as_bytes());
+    let ok = validate(POWER, key, msg(9_000.0).as_bytes(), now(), &caps, &ValidationRules::default());
     assert!(ok.is_ok());
-    let bad = validate(POWER, None, msg(50_000.0).as_bytes(), now(), &caps, &ValidationRules::default()).unwrap_err();
+    let bad = validate(POWER, key, msg(50_000.0).as_bytes(), now(), &caps, &ValidationRules::default()).unwrap_err();
     assert_eq!(bad.code, RejectCode::ImplausibleValue);
     assert!(bad.reason.contains("CN-BJ"), "{}", bad.reason);
 }

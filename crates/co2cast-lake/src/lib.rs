@@ -1,7 +1,7 @@
 //! # co2cast-lake
 //!
 //! The Parquet lake researchers read with pandas, polars, DuckDB or pyarrow, and the SQL
-//! server queries. Tables are Hive-partitioned directories (`estimates/year=2019/month=01/`)
+//! server queries. Tables are Hive-partitioned directories (`estimates/year=2019/month=1/`)
 //! of zstd-compressed Parquet files. A file is written under a hidden temporary name, synced,
 //! then renamed, and the manifest (`_manifest.json`, itself replaced atomically) lists the
 //! files of each commit; readers that list directories never see a partial file, because
@@ -16,6 +16,8 @@
 //! - `inventory`: the yearbook (CEADs) values;
 //! - `comparison`: annual estimates against the inventory.
 
+pub mod tables;
+
 use arrow::array::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -27,7 +29,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const MANIFEST: &str = "_manifest.json";
-pub const MANIFEST_VERSION: u32 = 1;
+/// Format of the lake. 2: canonical integer partition values (`month=7`). A lake of another
+/// format is refused with what to do (see [`Manifest::read`]).
+pub const MANIFEST_VERSION: u32 = 2;
 /// Present while a writer changes files (from before the first file until after the
 /// manifest), so that a reader can tell that what it read may mix two commits.
 pub const WRITING: &str = "_writing";
@@ -81,6 +85,10 @@ pub struct Manifest {
     /// Last commit recorded.
     pub commit: u64,
     pub committed_at: Option<String>,
+    /// The checkpoint lineage whose commits these are (see `LakeSink` in co2cast-pipeline);
+    /// `None` until the first commit.
+    #[serde(default)]
+    pub lineage: Option<String>,
     /// Relative path → entry.
     pub files: BTreeMap<String, FileEntry>,
 }
@@ -89,11 +97,21 @@ impl Manifest {
     /// The manifest of the lake at `root`; `None` when the lake has none yet.
     pub fn read(root: &Path) -> Result<Option<Manifest>, LakeError> {
         let mp = root.join(MANIFEST);
-        match std::fs::read(&mp) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| LakeError::Format { path: mp, msg: e.to_string() }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(LakeError::Io { path: mp, source: e }),
+        let m: Manifest = match std::fs::read(&mp) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| LakeError::Format { path: mp.clone(), msg: e.to_string() })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(LakeError::Io { path: mp, source: e }),
+        };
+        if m.version != MANIFEST_VERSION {
+            return Err(LakeError::Format {
+                path: mp,
+                msg: format!(
+                    "lake format {} (this co2cast reads format {MANIFEST_VERSION}: canonical partition values such as month=7); move the lake away or pass another --lake, and `co2cast run` writes a new one",
+                    m.version
+                ),
+            });
         }
+        Ok(Some(m))
     }
 }
 
@@ -136,6 +154,25 @@ impl Lake {
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// Ties the lake to a checkpoint lineage: an empty lake takes it (recorded with the next
+    /// commit); a lake with commits of another lineage is refused, since rolling it back to
+    /// this lineage's checkpoint, or adding to it, would mix two runs.
+    pub fn bind_lineage(&mut self, lineage: &str) -> Result<(), LakeError> {
+        match &self.manifest.lineage {
+            Some(l) if l == lineage => Ok(()),
+            Some(l) if !self.manifest.files.is_empty() => Err(LakeError::Format {
+                path: self.root.clone(),
+                msg: format!(
+                    "this lake was written by another run (lineage {l}) than the state being resumed (lineage {lineage}); pass the state directory that wrote it, or another --lake"
+                ),
+            }),
+            _ => {
+                self.manifest.lineage = Some(lineage.to_string());
+                Ok(())
+            }
+        }
     }
 
     /// Writes every file atomically, then records them all in the manifest as commit `commit`.
@@ -331,7 +368,7 @@ mod tests {
         let mut lake = Lake::open(&dir).unwrap();
         let f = |n| FileWrite {
             table: "t".into(),
-            partition: vec![("year".into(), "2019".into()), ("month".into(), "01".into())],
+            partition: vec![("year".into(), "2019".into()), ("month".into(), "1".into())],
             file_name: "part-00000001.parquet".into(),
             batch: batch(n),
         };
@@ -342,9 +379,9 @@ mod tests {
         assert_eq!(lake.manifest().files.len(), 1);
         let rows: usize = lake.read("t", Some("year=2019")).unwrap().iter().map(|b| b.num_rows()).sum();
         assert_eq!(rows, 12);
-        assert!(dir.join("t/year=2019/month=01/part-00000001.parquet").exists());
+        assert!(dir.join("t/year=2019/month=1/part-00000001.parquet").exists());
         // No temporary file is left behind.
-        let leftovers: Vec<_> = std::fs::read_dir(dir.join("t/year=2019/month=01")).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
+        let leftovers: Vec<_> = std::fs::read_dir(dir.join("t/year=2019/month=1")).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
         assert!(leftovers.is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -360,17 +397,17 @@ mod tests {
             file_name: name.into(),
             batch: batch(3),
         };
-        lake.commit(1, vec![f("01", "a.parquet")], "2019-01-01T00:00:00Z").unwrap();
-        lake.commit(2, vec![f("02", "b.parquet")], "2019-01-01T00:00:01Z").unwrap();
+        lake.commit(1, vec![f("1", "a.parquet")], "2019-01-01T00:00:00Z").unwrap();
+        lake.commit(2, vec![f("2", "b.parquet")], "2019-01-01T00:00:01Z").unwrap();
         // A file written by a commit that crashed before its manifest save.
-        write_parquet_atomic(&dir.join("t/year=2019/month=03/c.parquet"), &batch(3)).unwrap();
+        write_parquet_atomic(&dir.join("t/year=2019/month=3/c.parquet"), &batch(3)).unwrap();
         let mut lake = Lake::open(&dir).unwrap();
         assert_eq!(lake.rollback_after(1).unwrap(), 2);
-        assert!(dir.join("t/year=2019/month=01/a.parquet").exists());
-        assert!(!dir.join("t/year=2019/month=02/b.parquet").exists());
-        assert!(!dir.join("t/year=2019/month=03/c.parquet").exists());
+        assert!(dir.join("t/year=2019/month=1/a.parquet").exists());
+        assert!(!dir.join("t/year=2019/month=2/b.parquet").exists());
+        assert!(!dir.join("t/year=2019/month=3/c.parquet").exists());
         let reopened = Lake::open(&dir).unwrap();
-        assert_eq!(reopened.manifest().files.keys().collect::<Vec<_>>(), vec!["t/year=2019/month=01/a.parquet"]);
+        assert_eq!(reopened.manifest().files.keys().collect::<Vec<_>>(), vec!["t/year=2019/month=1/a.parquet"]);
         assert_eq!(reopened.manifest().commit, 1);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -390,6 +390,21 @@ impl<'a> Estimator<'a> {
     }
 }
 
+/// The base year of an estimate of `year`: the latest inventory year before it.
+pub fn base_year_for(year: i32, inventory_years: &[i32]) -> Option<i32> {
+    inventory_years.iter().copied().filter(|y| *y < year).max()
+}
+
+/// Years, up to `last_year`, whose estimates read proxy values dated in `year` (what a
+/// streaming job must re-estimate when such a value changes): the year itself; the two after
+/// it, since a missing month is filled with the ratios of up to 24 months before it; and
+/// every later year calibrated on `year`, since its ratios are to the base year's months.
+/// (A change of a series' frontier, its latest month, also changes the gap/nowcast status
+/// of earlier months: see [`ProxyPanel::last_months`].)
+pub fn years_reading(year: i32, inventory_years: &[i32], last_year: i32) -> Vec<i32> {
+    (year..=last_year.max(year + 2)).filter(|y| *y <= year + 2 || base_year_for(*y, inventory_years) == Some(year)).collect()
+}
+
 fn months_between(a: YearMonth, b: YearMonth) -> u32 {
     ((b.year - a.year) * 12 + b.month as i32 - a.month as i32).max(0) as u32
 }

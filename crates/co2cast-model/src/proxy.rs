@@ -200,6 +200,17 @@ impl ProxyPanel {
         self.monthly.keys().filter(|k| k.0 == s && k.1 == scope).map(|k| k.2).max()
     }
 
+    /// The latest month of every series with monthly values (its frontier): months after it
+    /// are nowcasts, missing months before it are gaps.
+    pub fn last_months(&self) -> BTreeMap<(Signal, Scope), YearMonth> {
+        // Keys are ordered by series, then month: the last key of a series is its frontier.
+        let mut out = BTreeMap::new();
+        for (s, scope, m) in self.monthly.keys() {
+            out.insert((*s, *scope), *m);
+        }
+        out
+    }
+
     /// Keeps only months up to `last` (inclusive) for every signal: a vintage as of then.
     pub fn truncated(&self, last: YearMonth) -> ProxyPanel {
         ProxyPanel {

@@ -3,13 +3,18 @@
 //! left off: temp file, fsync, rename, fsync of the directory.
 
 use crate::estimates::Published;
+use co2cast_model::domain::Province;
+use co2cast_model::proxy::{Scope, Signal};
+use co2cast_model::series::YearMonth;
 use co2cast_ingest::{ProxyState, Watermarks};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub const CHECKPOINT_VERSION: u32 = 1;
+/// 2: owed re-estimations, series frontiers and national totals are checkpointed; the
+/// published fingerprint covers every column.
+pub const CHECKPOINT_VERSION: u32 = 2;
 
 /// Message accounting: `received == accepted + dead_lettered` at every checkpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +44,83 @@ pub struct Checkpoint {
     pub watermarks: Watermarks,
     /// Checkpoints written so far (diagnostics).
     pub sequence: u64,
+    /// Re-estimations owed: inputs changed them, and they have not been published yet (a
+    /// member holding only some partitions owes them until it holds all).
+    pub dirty: BTreeMap<i32, Dirty>,
+    /// The latest month of each series when estimates were last made (see [`Frontier`]).
+    pub frontier: Frontier,
+    /// Annual national totals as last estimated, for summaries.
+    pub national: BTreeMap<i32, crate::processor::NationalYear>,
+    /// Identity of this line of checkpoints; the lake it writes carries the same, so a lake
+    /// is never rolled back by (or mixed with) the state of another run.
+    pub lineage: String,
+    /// What the estimates depend on besides the input (provinces, ensemble, model): a state
+    /// is only resumed with the same.
+    pub settings: String,
+}
+
+/// A new lineage identity: distinct for every checkpoint line ever started.
+fn new_lineage() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in nanos.to_le_bytes().into_iter().chain(std::process::id().to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}-{nanos:x}")
+}
+
+/// What must be re-estimated in a year: everything, or the provinces whose bits are set
+/// (by `Province::index`; a bit test per message, where a set insert showed in profiles).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Dirty {
+    All,
+    Provinces(u64),
+}
+
+impl Dirty {
+    pub fn add(&mut self, scope: Scope) {
+        match (scope, &mut *self) {
+            (_, Dirty::All) => {}
+            (Scope::National, d) => *d = Dirty::All,
+            (Scope::Province(p), Dirty::Provinces(bits)) => *bits |= 1 << p.index(),
+        }
+    }
+
+    pub fn includes(&self, p: Province) -> bool {
+        match self {
+            Dirty::All => true,
+            Dirty::Provinces(bits) => bits & (1 << p.index()) != 0,
+        }
+    }
+}
+
+/// The latest month of every proxy series received, as estimates last saw it. Moving it
+/// changes which earlier months are gaps and which are nowcasts (see the processor's
+/// `mark_frontier_moves`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Frontier(#[serde(with = "frontier_serde")] pub BTreeMap<(Signal, Scope), YearMonth>);
+
+mod frontier_serde {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(m: &BTreeMap<(Signal, Scope), YearMonth>, s: S) -> Result<S::Ok, S::Error> {
+        m.iter().collect::<Vec<_>>().serialize(s)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<(Signal, Scope), YearMonth>, D::Error> {
+        Ok(Vec::<((Signal, Scope), YearMonth)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+impl Frontier {
+    /// Series whose frontier differs between `self` and `next`: (series, before, after).
+    pub fn changes<'a>(&'a self, next: &'a Frontier) -> impl Iterator<Item = ((Signal, Scope), Option<YearMonth>, Option<YearMonth>)> + 'a {
+        let keys: std::collections::BTreeSet<&(Signal, Scope)> = self.0.keys().chain(next.0.keys()).collect();
+        keys.into_iter().filter_map(move |k| {
+            let (a, b) = (self.0.get(k).copied(), next.0.get(k).copied());
+            (a != b).then_some((*k, a, b))
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +129,7 @@ pub enum CheckpointError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("checkpoint {}: not a valid checkpoint: {msg}", path.display())]
     Corrupt { path: PathBuf, msg: String },
-    #[error("checkpoint {}: version {found}, this build reads version {CHECKPOINT_VERSION}", path.display())]
+    #[error("checkpoint {}: version {found}, this build reads version {CHECKPOINT_VERSION}; move the state directory away (and the lake it wrote) to start over", path.display())]
     Version { path: PathBuf, found: u32 },
 }
 
@@ -56,7 +138,7 @@ pub fn partition_key(topic: &str, partition: i32) -> String {
 }
 
 impl Checkpoint {
-    pub fn empty(watermarks: Watermarks) -> Checkpoint {
+    pub fn empty(watermarks: Watermarks, settings: String) -> Checkpoint {
         Checkpoint {
             version: CHECKPOINT_VERSION,
             offsets: BTreeMap::new(),
@@ -65,6 +147,11 @@ impl Checkpoint {
             counters: Counters::default(),
             watermarks,
             sequence: 0,
+            dirty: BTreeMap::new(),
+            frontier: Frontier::default(),
+            national: BTreeMap::new(),
+            lineage: new_lineage(),
+            settings,
         }
     }
 

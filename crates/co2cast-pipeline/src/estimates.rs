@@ -27,6 +27,19 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// A published row's content, as compared between computations.
+pub type Fingerprint = [i64; 10];
+
+/// FNV-1a: stable across runs and builds (a checkpoint stores it).
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in parts.iter().flat_map(|p| p.iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
 /// One published row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EstimateRow {
@@ -92,19 +105,22 @@ impl EstimateRow {
         format!("{}/{}/{}", self.province, self.sector, self.date)
     }
 
-    /// What decides whether a recomputed row is a new revision: values to 1e-9 relative,
-    /// plus the source type and coverage.
-    pub fn fingerprint(&self) -> [i64; 8] {
+    /// What decides whether a recomputed row is a new revision: every published column but
+    /// the revision and its time (numbers to 1e-12 MtCO2, text by a stable hash). A column
+    /// left out would keep the value of whichever computation happened to publish first.
+    pub fn fingerprint(&self) -> Fingerprint {
         let q = |x: f64| if x == 0.0 { 0 } else { (x * 1.0e12).round() as i64 };
         [
             q(self.value_mtco2),
             q(self.p2_5),
-            q(self.p97_5),
             q(self.p5),
+            q(self.p50),
             q(self.p95),
+            q(self.p97_5),
             self.source_type as i64,
             (self.coverage * 1.0e6).round() as i64,
             self.base_year as i64,
+            fnv1a(&[self.proxies.as_bytes(), b"\0", self.model_version.as_bytes()]) as i64,
         ]
     }
 }
@@ -197,17 +213,17 @@ pub fn batch_to_json_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>, arrow::e
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Published {
     #[serde(with = "published_serde")]
-    pub rows: BTreeMap<String, (u32, [i64; 8])>,
+    pub rows: BTreeMap<String, (u32, Fingerprint)>,
 }
 
 mod published_serde {
     use super::*;
     use serde::{Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(m: &BTreeMap<String, (u32, [i64; 8])>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(m: &BTreeMap<String, (u32, Fingerprint)>, s: S) -> Result<S::Ok, S::Error> {
         m.iter().collect::<Vec<_>>().serialize(s)
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, (u32, [i64; 8])>, D::Error> {
-        Ok(Vec::<(String, (u32, [i64; 8]))>::deserialize(d)?.into_iter().collect())
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, (u32, Fingerprint)>, D::Error> {
+        Ok(Vec::<(String, (u32, Fingerprint))>::deserialize(d)?.into_iter().collect())
     }
 }
 

@@ -13,7 +13,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use co2cast_ingest::ValidProxy;
-use co2cast_lake::{FileWrite, Lake, LakeError};
+use co2cast_lake::{Lake, LakeError, tables};
 use co2cast_model::domain::{Province, Sector};
 use co2cast_model::estimate::{Band, RowEnsemble, SourceType};
 use co2cast_model::inventory::InventoryPanel;
@@ -34,7 +34,7 @@ pub struct LakeSink {
     lake: Lake,
     /// Newest vintage of every row, by (year, month) then row (with when it was computed).
     latest: BTreeMap<(i32, u32), BTreeMap<RowId, (EstimateRow, i64)>>,
-    pending: Vec<FileWrite>,
+    pending: Vec<co2cast_lake::FileWrite>,
     pub accepted: Vec<AcceptedProxy>,
     /// Members kept per row in `estimate_ensemble` (all when `None`).
     ensemble_members: Option<usize>,
@@ -55,8 +55,9 @@ fn lake_err(e: LakeError) -> crate::processor::PipelineError {
 impl LakeSink {
     /// Opens the lake, drops files of commits after `checkpointed` (never checkpointed), and
     /// rebuilds the newest vintages from the `estimates` table.
-    pub fn open(dir: &Path, checkpointed: u64, ensemble_members: Option<usize>) -> Result<LakeSink, crate::processor::PipelineError> {
+    pub fn open(dir: &Path, checkpointed: u64, lineage: &str, ensemble_members: Option<usize>) -> Result<LakeSink, crate::processor::PipelineError> {
         let mut lake = Lake::open(dir).map_err(lake_err)?;
+        lake.bind_lineage(lineage).map_err(lake_err)?;
         lake.rollback_after(checkpointed).map_err(lake_err)?;
         let mut latest: BTreeMap<(i32, u32), BTreeMap<RowId, (EstimateRow, i64)>> = BTreeMap::new();
         for b in lake.read("estimates", None).map_err(lake_err)? {
@@ -101,7 +102,7 @@ impl LakeSink {
         let cols: Vec<ArrayRef> = vec![Arc::new(p.finish()), Arc::new(s.finish()), Arc::new(y.finish()), Arc::new(v.finish()), Arc::new(src.finish())];
         let batch = RecordBatch::try_new(schema, cols).expect("schema");
         self.lake
-            .commit(commit, vec![FileWrite { table: "inventory".into(), partition: vec![], file_name: "data.parquet".into(), batch }], &Utc::now().to_rfc3339())
+            .commit(commit, vec![tables::INVENTORY.file(&[], "data.parquet", batch)], &Utc::now().to_rfc3339())
             .map_err(lake_err)
     }
 
@@ -115,21 +116,11 @@ impl LakeSink {
             self.latest.entry(month).or_default().insert(row_id(r), (r.clone(), computed_at.timestamp_micros()));
         }
         for ((y, m), rows) in by_month {
-            let partition = vec![("year".to_string(), y.to_string()), ("month".to_string(), format!("{m:02}"))];
-            self.pending.push(FileWrite {
-                table: "estimates".into(),
-                partition: partition.clone(),
-                file_name: format!("part-{commit:010}.parquet"),
-                batch: to_batch(&rows, computed_at),
-            });
+            let month = [y, m as i32];
+            self.pending.push(tables::ESTIMATES.file(&month, format!("part-{commit:010}.parquet"), to_batch(&rows, computed_at)));
             // Each row keeps the time of its own vintage.
             let (latest, at): (Vec<EstimateRow>, Vec<i64>) = self.latest[&(y, m)].values().cloned().unzip();
-            self.pending.push(FileWrite {
-                table: "estimates_latest".into(),
-                partition,
-                file_name: "data.parquet".into(),
-                batch: to_batch_at(&latest, at),
-            });
+            self.pending.push(tables::ESTIMATES_LATEST.file(&month, "data.parquet", to_batch_at(&latest, at)));
         }
     }
 
@@ -179,12 +170,8 @@ impl LakeSink {
             Arc::new(rev.finish()),
             Arc::new(by.finish()),
         ];
-        self.pending.push(FileWrite {
-            table: "estimate_ensemble".into(),
-            partition: vec![("year".into(), year.to_string()), ("month".into(), format!("{month:02}"))],
-            file_name: format!("{}.parquet", first.province.iso_code()),
-            batch: RecordBatch::try_new(schema, cols).expect("schema"),
-        });
+        let batch = RecordBatch::try_new(schema, cols).expect("schema");
+        self.pending.push(tables::ESTIMATE_ENSEMBLE.file(&[year, month as i32], format!("{}.parquet", first.province.iso_code()), batch));
     }
 
     /// Annual estimate against the inventory, for a complete year.
@@ -193,12 +180,7 @@ impl LakeSink {
         for l in lines {
             b.push(l);
         }
-        self.pending.push(FileWrite {
-            table: "comparison".into(),
-            partition: vec![("year".into(), year.to_string())],
-            file_name: "data.parquet".into(),
-            batch: b.finish(computed_at),
-        });
+        self.pending.push(tables::COMPARISON.file(&[year], "data.parquet", b.finish(computed_at)));
     }
 
     /// Accepted inputs since the last flush, by month of their period.
@@ -271,12 +253,8 @@ impl LakeSink {
                 Arc::new(off.finish()),
                 Arc::new(TimestampMicrosecondArray::from(recv).with_timezone("UTC")),
             ];
-            self.pending.push(FileWrite {
-                table: "proxies".into(),
-                partition: vec![("year".into(), y.to_string()), ("month".into(), format!("{m:02}"))],
-                file_name: format!("part-{commit:010}.parquet"),
-                batch: RecordBatch::try_new(schema, cols).expect("schema"),
-            });
+            let batch = RecordBatch::try_new(schema, cols).expect("schema");
+            self.pending.push(tables::PROXIES.file(&[y, m as i32], format!("part-{commit:010}.parquet"), batch));
         }
     }
 

@@ -2,7 +2,7 @@
 //! is rejected, re-estimate the affected years and publish changed rows as new revisions,
 //! then checkpoint offsets and state together.
 
-use crate::checkpoint::{Checkpoint, CheckpointError, partition_key};
+use crate::checkpoint::{Checkpoint, CheckpointError, Dirty, Frontier, partition_key};
 use crate::estimates::{EstimateRow, batch_to_json_lines, to_batch};
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use co2cast_data::Dataset;
@@ -72,6 +72,34 @@ pub struct ProcessorConfig {
     /// Extra librdkafka consumer properties (e.g. `queued.min.messages`), applied after
     /// co2cast's own; properties co2cast relies on cannot be overridden.
     pub consumer_options: std::collections::BTreeMap<String, String>,
+    /// The brokers' log is new (the embedded broker starts empty every run): checkpointed
+    /// offsets name nothing there, so reading starts at the beginning while the checkpointed
+    /// state, owed work and publications are kept. Input read again changes nothing (keyed
+    /// values are idempotent), so nothing is re-estimated or republished that did not change.
+    #[serde(skip)]
+    pub fresh_log: bool,
+}
+
+impl ProcessorConfig {
+    /// The settings estimates depend on besides their input, as one comparable string.
+    pub fn estimate_settings(&self) -> String {
+        let provinces = match &self.provinces {
+            None => "all".to_string(),
+            Some(v) => {
+                let mut codes: Vec<&str> = v.iter().filter_map(|p| Province::parse_lenient(p)).map(|p| p.iso_code()).collect();
+                codes.sort_unstable();
+                codes.dedup();
+                codes.join(",")
+            }
+        };
+        format!(
+            "model {}; provinces {provinces}; members {}; seed {}; lake members {}",
+            co2cast_model::estimate::MODEL_VERSION,
+            self.ensemble_members,
+            self.ensemble_seed,
+            self.lake_ensemble_members.map_or("all".to_string(), |n| n.to_string())
+        )
+    }
 }
 
 impl Default for ProcessorConfig {
@@ -100,6 +128,7 @@ impl Default for ProcessorConfig {
             lake_dir: None,
             lake_ensemble_members: None,
             consumer_options: Default::default(),
+            fresh_log: false,
         }
     }
 }
@@ -137,7 +166,7 @@ pub struct RunSummary {
     pub checkpoints: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NationalYear {
     pub year: i32,
     pub days: usize,
@@ -156,7 +185,10 @@ pub struct Processor {
     caps: PlausibilityCaps,
     rules: ValidationRules,
     calibrations: BTreeMap<(i32, u32), Calibration>,
-    dirty: BTreeMap<i32, Dirty>,
+    /// Years with a yearbook inventory (base years of estimates).
+    inventory_years: Vec<i32>,
+    /// Latest month of each series in the bundled history up to a base year, by base year.
+    history_frontiers: BTreeMap<i32, BTreeMap<(co2cast_model::proxy::Signal, Scope), YearMonth>>,
     /// Per scope (provinces by index, then national), the Asia/Shanghai year it last marked
     /// dirty since the last flush, as a range of Unix seconds.
     marked_year: [Option<(i64, i64)>; Province::ALL.len() + 1],
@@ -169,39 +201,15 @@ pub struct Processor {
     since_flush: u64,
     oldest_unflushed: Option<Instant>,
     last_flush_cost: std::time::Duration,
-    national: BTreeMap<i32, NationalYear>,
     /// Messages were taken from Kafka but not handled: positions must go back to the checkpoint.
     resync: bool,
     lake: Option<crate::lake::LakeSink>,
     /// Wall-clock start of the current flush: the vintage of what it publishes.
     flush_started_at: DateTime<Utc>,
     received_counter: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// The checkpoint's `received` when this processor started.
+    received_at_start: u64,
     input_complete: Option<Arc<AtomicBool>>,
-}
-
-/// What must be re-estimated in a year: everything, or the provinces whose bits are set
-/// (by `Province::index`; a bit test per message, where a set insert showed in profiles).
-#[derive(Debug, Clone, PartialEq)]
-enum Dirty {
-    All,
-    Provinces(u64),
-}
-
-impl Dirty {
-    fn add(&mut self, scope: Scope) {
-        match (scope, &mut *self) {
-            (_, Dirty::All) => {}
-            (Scope::National, d) => *d = Dirty::All,
-            (Scope::Province(p), Dirty::Provinces(bits)) => *bits |= 1 << p.index(),
-        }
-    }
-
-    fn includes(&self, p: Province) -> bool {
-        match self {
-            Dirty::All => true,
-            Dirty::Provinces(bits) => bits & (1 << p.index()) != 0,
-        }
-    }
 }
 
 /// A province's rows of one year, kept so that a change in one province re-estimates only
@@ -267,7 +275,27 @@ impl Processor {
     pub fn new(cfg: ProcessorConfig, history: Dataset) -> Result<Processor, PipelineError> {
         cfg.topics.check().map_err(PipelineError::Config)?;
         let watermarks = Watermarks::new(Duration::seconds(cfg.allowed_lateness_s), Duration::seconds(cfg.signal_idle_timeout_s));
-        let ckpt = Checkpoint::load(&cfg.checkpoint_dir)?.unwrap_or_else(|| Checkpoint::empty(watermarks));
+        let settings = cfg.estimate_settings();
+        let mut ckpt = Checkpoint::load(&cfg.checkpoint_dir)?.unwrap_or_else(|| Checkpoint::empty(watermarks, settings.clone()));
+        if ckpt.settings != settings {
+            return Err(PipelineError::Config(format!(
+                "the state in {} was made with other settings ({}); this run has ({settings}). Resume it with those, or start over with another --state-dir (and --lake)",
+                cfg.checkpoint_dir.display(),
+                ckpt.settings
+            )));
+        }
+        // The lake first: it rolls back what was written after the checkpoint.
+        let lake = match &cfg.lake_dir {
+            Some(dir) => {
+                let mut l = crate::lake::LakeSink::open(dir, ckpt.sequence, &ckpt.lineage, cfg.lake_ensemble_members)?;
+                l.write_inventory(&history.inventory, ckpt.sequence)?;
+                Some(l)
+            }
+            None => None,
+        };
+        if cfg.fresh_log {
+            ckpt.offsets.clear();
+        }
         let positions = Positions::from_offsets(&ckpt.offsets);
         let mut consumer_config = ClientConfig::new();
         for (k, v) in &cfg.consumer_options {
@@ -299,15 +327,8 @@ impl Processor {
             .map_err(kafka("create producer"))?;
         let caps = PlausibilityCaps::from_history(&history.proxies);
         let rules = ValidationRules { future_tolerance: Duration::seconds(cfg.future_tolerance_s), ..ValidationRules::default() };
-        let lake = match &cfg.lake_dir {
-            Some(dir) => {
-                let mut l = crate::lake::LakeSink::open(dir, ckpt.sequence, cfg.lake_ensemble_members)?;
-                l.write_inventory(&history.inventory, ckpt.sequence)?;
-                Some(l)
-            }
-            None => None,
-        };
         let consumer = Arc::new(consumer);
+        let inventory_years = history.inventory.years();
         let p = Processor {
             lake,
             cfg,
@@ -320,7 +341,8 @@ impl Processor {
             caps,
             rules,
             calibrations: BTreeMap::new(),
-            dirty: BTreeMap::new(),
+            inventory_years,
+            history_frontiers: BTreeMap::new(),
             marked_year: [None; Province::ALL.len() + 1],
             stream_keys: Vec::new(),
             last_topic: None,
@@ -328,10 +350,10 @@ impl Processor {
             since_flush: 0,
             oldest_unflushed: None,
             last_flush_cost: std::time::Duration::ZERO,
-            national: BTreeMap::new(),
             resync: false,
             flush_started_at: Utc::now(),
             received_counter: None,
+            received_at_start: 0,
             input_complete: None,
         };
         p.subscribe()?;
@@ -358,6 +380,41 @@ impl Processor {
         Ok(())
     }
 
+    /// A series whose latest month moves changes the gap/nowcast status of the months after
+    /// its earlier frontier, in every year that reads it: the frontier a year's estimate sees
+    /// is that of the bundled history up to its base year overlaid with what was received.
+    fn mark_frontier_moves(&mut self, live: &ProxyPanel) {
+        let frontier = Frontier(live.last_months());
+        let first_live_year = live.iter_monthly().map(|(_, _, m, _)| m.year).chain(live.iter_daily().map(|(_, _, d, _)| d.year())).min();
+        let changes: Vec<_> = self.ckpt.frontier.changes(&frontier).collect();
+        if let Some(first) = first_live_year {
+            for ((signal, scope), before, after) in changes {
+                let last = before.max(after).map_or(first, |m| m.year);
+                for year in first..=last {
+                    let Some(base) = co2cast_model::estimate::base_year_for(year, &self.inventory_years) else { continue };
+                    let history = self
+                        .history_frontiers
+                        .entry(base)
+                        .or_insert_with(|| self.history.proxies.truncated(YearMonth::new(base, 12)).last_months())
+                        .get(&(signal, scope))
+                        .copied();
+                    // The earlier of the two frontiers this year saw.
+                    let from = history.max(before.min(after));
+                    if from.is_none_or(|f| year >= f.year) {
+                        self.ckpt.dirty.entry(year).or_insert(Dirty::Provinces(0)).add(scope);
+                    }
+                }
+            }
+        }
+        self.ckpt.frontier = frontier;
+    }
+
+    /// The Asia/Shanghai year of the latest period end any signal has reached.
+    fn latest_event_year(&self) -> Option<i32> {
+        let last = self.ckpt.watermarks.signals.values().map(|w| w.max_event_end).max()?;
+        Some(shanghai_day(&(last - Duration::seconds(1))).year())
+    }
+
     fn now(&self) -> DateTime<Utc> {
         self.cfg
             .now_override
@@ -367,9 +424,11 @@ impl Processor {
             .unwrap_or_else(Utc::now)
     }
 
-    /// Counts every message received (for pacing a replay and progress bars).
+    /// Counts the messages this processor receives from now on (for pacing a replay and
+    /// progress bars; the checkpoint's counters hold the totals).
     pub fn with_received_counter(mut self, c: Arc<std::sync::atomic::AtomicU64>) -> Self {
-        c.store(self.ckpt.counters.received, Ordering::Relaxed);
+        c.store(0, Ordering::Relaxed);
+        self.received_at_start = self.ckpt.counters.received;
         self.received_counter = Some(c);
         self
     }
@@ -419,12 +478,12 @@ impl Processor {
         }
         let _ = poller.join();
         result?;
-        if self.since_flush > 0 || !self.dirty.is_empty() {
+        if self.since_flush > 0 || !self.ckpt.dirty.is_empty() {
             self.flush()?;
         }
         Ok(RunSummary {
             counters: self.ckpt.counters.clone(),
-            national: self.national.values().cloned().collect(),
+            national: self.ckpt.national.values().cloned().collect(),
             checkpoints: self.ckpt.sequence,
         })
     }
@@ -545,7 +604,7 @@ impl Processor {
             self.record_offset(&batch.entries[start], next);
         }
         if let Some(rc) = &self.received_counter {
-            rc.store(self.ckpt.counters.received, Ordering::Relaxed);
+            rc.store(self.ckpt.counters.received - self.received_at_start, Ordering::Relaxed);
         }
         Ok(true)
     }
@@ -614,14 +673,19 @@ impl Processor {
                     if !self.marked_year[slot].is_some_and(|(from, to)| (from..to).contains(&v.period_start_s)) {
                         use co2cast_model::calendar::civil::{shanghai_year, shanghai_year_start};
                         let y = shanghai_year(v.period_start_s);
-                        // A base-year value changes the ratios of the following year too.
-                        for year in [y, y + 1] {
-                            self.dirty.entry(year as i32).or_insert(Dirty::Provinces(0)).add(v.scope);
+                        // Every year whose estimate reads values of year y.
+                        let last = self.latest_event_year().unwrap_or(y as i32);
+                        for year in co2cast_model::estimate::years_reading(y as i32, &self.inventory_years, last) {
+                            self.ckpt.dirty.entry(year).or_insert(Dirty::Provinces(0)).add(v.scope);
                         }
                         self.marked_year[slot] = Some((shanghai_year_start(y), shanghai_year_start(y + 1)));
                     }
                 }
-                if let Some(l) = &mut self.lake {
+                // The lake's `proxies` table is the state's changelog: values read again
+                // (duplicates, stale revisions, a replay after a restart) add nothing.
+                if let Some(l) = &mut self.lake
+                    && up.changed()
+                {
                     l.accepted.push(crate::lake::AcceptedProxy { proxy: v, topic: e.topic.clone(), partition, offset, received_at });
                 }
                 Ok(())
@@ -665,15 +729,16 @@ impl Processor {
         let started = Instant::now();
         self.flush_started_at = Utc::now();
         if self.consumer.context().owns_all() {
-            let dirty = std::mem::take(&mut self.dirty);
             self.marked_year.fill(None);
-            if !dirty.is_empty() {
+            if !self.ckpt.dirty.is_empty() {
                 let live = self.ckpt.state.to_panel();
+                self.mark_frontier_moves(&live);
+                let dirty = std::mem::take(&mut self.ckpt.dirty);
                 for (year, d) in dirty {
                     self.estimate_year(year, &d, &live)?;
                 }
             }
-        } else if !self.dirty.is_empty() {
+        } else if !self.ckpt.dirty.is_empty() {
             tracing::debug!(message = "Estimates held back: this member holds only some partitions.", assigned = self.assigned_partitions());
         }
         self.producer.flush(std::time::Duration::from_secs(30)).map_err(kafka("flush"))?;
@@ -810,7 +875,7 @@ impl Processor {
             out.push(EstimateRow::national(*d, &Band::from_members(central[i], &col), source[i], c, last_inv));
         }
         let annual_members: Vec<f64> = members.iter().map(|m| m.iter().sum()).collect();
-        self.national.insert(year, NationalYear { year, days: ndays, band: Band::from_members(central.iter().sum(), &annual_members) });
+        self.ckpt.national.insert(year, NationalYear { year, days: ndays, band: Band::from_members(central.iter().sum(), &annual_members) });
         let changed = self.ckpt.published.diff(out);
         if let Some(lake) = &mut self.lake {
             let commit = self.ckpt.sequence + 1;
@@ -837,7 +902,7 @@ impl Processor {
             }
             // A complete year with a yearbook value: compare.
             if through.month() == 12 && through.day() == 31 && !changed.is_empty() {
-                let lines = self.cache[&year].comparison(&self.history.inventory, year, &self.national[&year].band, last_inv);
+                let lines = self.cache[&year].comparison(&self.history.inventory, year, &self.ckpt.national[&year].band, last_inv);
                 lake.comparison(year, &lines, at);
             }
         }

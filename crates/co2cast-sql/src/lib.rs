@@ -6,10 +6,12 @@
 //! by the pipeline itself, so that a band of any aggregate is taken from member-wise sums of
 //! `estimate_ensemble`. [`server`] serves it read-only over the PostgreSQL wire protocol.
 
+pub mod lake_table;
 pub mod listing;
 pub mod readonly;
 pub mod server;
 pub mod snapshot;
+pub mod text_limits;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array};
 use arrow::datatypes::{DataType, Field, Float64Type};
@@ -19,6 +21,8 @@ use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue, exec_
 use datafusion::datasource::{TableProvider, ViewTable};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{Accumulator, Expr, Volatility, create_udaf};
+use datafusion::datasource::file_format::options::ReadOptions;
+use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use std::path::Path;
 use std::sync::Arc;
@@ -37,15 +41,6 @@ impl Default for SqlLimits {
     }
 }
 
-/// Tables of the lake and their Hive partition columns.
-pub const TABLES: [(&str, &[&str]); 6] = [
-    ("estimates", &["year", "month"]),
-    ("estimates_latest", &["year", "month"]),
-    ("estimate_ensemble", &["year", "month"]),
-    ("proxies", &["year", "month"]),
-    ("comparison", &["year"]),
-    ("inventory", &[]),
-];
 
 /// A session over the lake at `dir`: every table present is registered.
 pub async fn session(dir: &Path, limits: &SqlLimits) -> DfResult<SessionContext> {
@@ -69,6 +64,9 @@ pub async fn session(dir: &Path, limits: &SqlLimits) -> DfResult<SessionContext>
     config.options_mut().execution.parquet.enable_page_index = false;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     ctx.register_udaf(ensemble_quantile());
+    // Registered before any connection copies the session: a copy keeps the functions it
+    // was made with, while tables registered later reach every copy (the catalog is shared).
+    ctx.register_udtf("estimates_as_of", Arc::new(EstimatesAsOf { ctx: ctx.clone() }));
     register_tables(&ctx, dir).await?;
     Ok(ctx)
 }
@@ -77,7 +75,7 @@ pub async fn session(dir: &Path, limits: &SqlLimits) -> DfResult<SessionContext>
 /// creates tables as it goes; listing tables see new files of registered tables by themselves).
 pub async fn register_tables(ctx: &SessionContext, dir: &Path) -> DfResult<Vec<&'static str>> {
     let mut added = Vec::new();
-    for (table, parts) in TABLES {
+    for co2cast_lake::tables::TableSpec { name: table, partition_columns: parts } in co2cast_lake::tables::ALL {
         if ctx.table_exist(table)? {
             continue;
         }
@@ -89,14 +87,16 @@ pub async fn register_tables(ctx: &SessionContext, dir: &Path) -> DfResult<Vec<&
             if !manifest_has_table(dir, table) {
                 return Ok(false);
             }
-            ctx.register_parquet(table, &url, ParquetReadOptions::default().table_partition_cols(cols.clone())).await.map(|()| true)
+            let table_path = ListingTableUrl::parse(&url)?;
+            let options = ParquetReadOptions::default().table_partition_cols(cols.clone()).to_listing_options(&ctx.copied_config(), ctx.copied_table_options());
+            let schema = options.infer_schema(&ctx.state(), &table_path).await?;
+            let listing = ListingTable::try_new(ListingTableConfig::new(table_path).with_listing_options(options).with_schema(schema))?
+                .with_cache(ctx.runtime_env().cache_manager.get_file_statistic_cache());
+            ctx.register_table(table, Arc::new(lake_table::LakeTable::new(table, listing))).map(|_| true)
         })
         .await?;
         if !registered {
             continue;
-        }
-        if table == "estimates" {
-            ctx.register_udtf("estimates_as_of", Arc::new(EstimatesAsOf { ctx: ctx.clone() }));
         }
         added.push(table);
     }
@@ -214,12 +214,21 @@ impl TableFunctionImpl for EstimatesAsOf {
     }
 }
 
-/// Runs one query and returns its batches.
+/// Runs one query and returns its batches: the text is bounded, the statement screened, and
+/// the plan checked to read only lake tables and catalog views (see [`readonly`]).
 pub async fn query(ctx: &SessionContext, sql: &str) -> DfResult<Vec<arrow::array::RecordBatch>> {
-    if let Err(reason) = readonly::check_sql(sql) {
-        return Err(DataFusionError::Plan(reason));
+    text_limits::check(sql).map_err(DataFusionError::Plan)?;
+    let mut statements = datafusion::sql::sqlparser::parser::Parser::parse_sql(&datafusion::sql::sqlparser::dialect::PostgreSqlDialect {}, sql)
+        .map_err(|e| DataFusionError::Plan(format!("SQL: {e}")))?;
+    if statements.len() != 1 {
+        return plan_err!("co2cast query runs one statement; got {}", statements.len());
     }
-    let plan = ctx.state().create_logical_plan(sql).await?;
+    let statement = statements.remove(0);
+    if readonly::screen(&statement).map_err(DataFusionError::Plan)? != readonly::Admission::Plan {
+        return plan_err!("co2cast query runs queries only (SET, cursors and transactions belong to a SQL session)");
+    }
+    let plan = ctx.state().statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(statement))).await?;
+    readonly::verify_plan(&plan).map_err(DataFusionError::Plan)?;
     let lake = snapshot::session_lake(ctx);
     snapshot::consistent(lake.as_deref(), || async { ctx.execute_logical_plan(plan.clone()).await?.collect().await }).await
 }

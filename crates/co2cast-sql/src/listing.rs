@@ -38,13 +38,13 @@ impl ManifestListing {
         Ok(ManifestListing { dir: dir.to_path_buf(), root: url.prefix().clone(), snapshot: Mutex::new(None) })
     }
 
-    /// The table a listing path names, when it is one of the lake's.
+    /// The table a listing path lies in, when it is one of the lake's: the table itself, or a
+    /// partition directory of it (DataFusion lists `year=2019/month=7/` alone when a query
+    /// pins both columns).
     fn table_of(&self, path: &StorePath) -> Option<String> {
         let rest: Vec<PathPart<'_>> = path.prefix_match(&self.root)?.collect();
-        match rest.as_slice() {
-            [table] => Some(table.as_ref().to_string()),
-            _ => None,
-        }
+        let (table, partitions) = rest.split_first()?;
+        partitions.iter().all(|p| p.as_ref().contains('=')).then(|| table.as_ref().to_string())
     }
 
     fn load(&self) -> Option<Snapshot> {
@@ -70,7 +70,13 @@ impl Cache<TableScopedPath, CachedFileList> for ManifestListing {
         if now.writing || guard.as_ref().is_none_or(|s| s.version != now) {
             *guard = self.load();
         }
-        let files = guard.as_ref()?.tables.get(&table).cloned().unwrap_or_default();
+        let all = guard.as_ref()?.tables.get(&table).cloned().unwrap_or_default();
+        // A partition directory: the files under it.
+        let files = if all.iter().all(|f| f.location.prefix_matches(&key.path)) {
+            all
+        } else {
+            Arc::new(all.iter().filter(|f| f.location.prefix_matches(&key.path)).cloned().collect())
+        };
         if now.writing {
             // Not kept while a writer is at work: the next query reads the finished commit.
             *guard = None;

@@ -12,9 +12,6 @@ use datafusion::prelude::SessionContext;
 use datafusion_postgres::DfSessionService;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
-use datafusion_postgres::hooks::cursor::CursorStatementHook;
-use datafusion_postgres::hooks::set_show::SetShowHook;
-use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::QueryHook;
 use datafusion_postgres::pgwire;
 use futures::Sink;
@@ -23,8 +20,12 @@ use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::{ScramAuth, gen_salted_password, random_nonce};
 use pgwire::api::auth::{AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler};
 use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::{ClientInfo, ConnectionManager, PgWireServerHandlers};
+use pgwire::api::results::{FieldInfo, Response};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionManager, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::tokio::tokio_rustls::rustls;
@@ -50,6 +51,10 @@ pub struct SqlServerConfig {
     pub max_connections: usize,
     pub query_timeout_ms: u64,
     pub memory_limit_mb: usize,
+    /// A connection must log in within this time, or it is closed.
+    pub login_timeout_ms: u64,
+    /// Connections not logged in yet, at most (further ones are closed at once).
+    pub max_pending_logins: usize,
     /// `None`: no authentication.
     pub auth: Option<SqlAuth>,
     /// `None`: unencrypted.
@@ -64,6 +69,8 @@ impl Default for SqlServerConfig {
             max_connections: 32,
             query_timeout_ms: 30_000,
             memory_limit_mb: 2048,
+            login_timeout_ms: 10_000,
+            max_pending_logins: 256,
             auth: None,
             tls: None,
         }
@@ -173,27 +180,49 @@ impl AuthSource for ScramSecrets {
 
 /// State shared by all connections.
 struct Shared {
-    session: Arc<DfSessionService>,
+    /// The session every connection starts from: its tables (a shared catalog), functions
+    /// and limits. Each connection gets its own copy, so a `SET` stays in its session.
+    template: datafusion::execution::session_state::SessionState,
+    hooks: Vec<Arc<dyn QueryHook>>,
     connections: Arc<ConnectionManager>,
     cancel: Arc<DefaultCancelHandler>,
     scram: Option<Arc<ScramSecrets>>,
     /// PEM of the server certificate when TLS is on (for SCRAM channel binding).
     tls_cert_pem: Option<Vec<u8>>,
+    /// Logged-in connections at most ([`SqlServerConfig::max_connections`]).
+    logins: Arc<Semaphore>,
 }
 
-/// Handlers of one connection: the shared ones plus why it is refused, if it is.
+/// One connection's login: the slot it holds once authenticated.
+#[derive(Default)]
+struct Login {
+    permit: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+    /// Password messages seen (SCRAM sends two; the second completes the login).
+    password_messages: std::sync::atomic::AtomicU32,
+    /// Woken when a slot is taken.
+    taken: tokio::sync::Notify,
+}
+
+impl Login {
+    fn logged_in(&self) -> bool {
+        self.permit.lock().map(|p| p.is_some()).unwrap_or(false)
+    }
+}
+
+/// Handlers of one connection: its own session, and its login.
 struct Connection {
     shared: Arc<Shared>,
-    refuse: Option<(&'static str, &'static str)>,
+    session: Arc<GuardedSession>,
+    login: Arc<Login>,
 }
 
 impl PgWireServerHandlers for Connection {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
-        self.shared.session.clone()
+        self.session.clone()
     }
 
     fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
-        self.shared.session.clone()
+        self.session.clone()
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
@@ -215,11 +244,86 @@ impl PgWireServerHandlers for Connection {
                 ))
             }
         };
-        Arc::new(Startup { gate, refuse: self.refuse, tls_required: self.shared.tls_cert_pem.is_some() })
+        Arc::new(Startup { gate, tls_required: self.shared.tls_cert_pem.is_some(), logins: self.shared.logins.clone(), login: self.login.clone() })
     }
 
     fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
         self.shared.cancel.clone()
+    }
+}
+
+/// The datafusion-postgres session of one connection, behind the text limits: nothing is
+/// parsed before [`crate::text_limits::check`] accepts it.
+struct GuardedSession {
+    inner: Arc<DfSessionService>,
+    parser: Arc<GuardedParser>,
+}
+
+impl GuardedSession {
+    fn new(inner: DfSessionService) -> GuardedSession {
+        let parser = Arc::new(GuardedParser(inner.query_parser()));
+        GuardedSession { inner: Arc::new(inner), parser }
+    }
+}
+
+fn text_error(msg: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), "54001".into(), msg)))
+}
+
+#[async_trait]
+impl SimpleQueryHandler for GuardedSession {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        crate::text_limits::check(query).map_err(text_error)?;
+        SimpleQueryHandler::do_query(&*self.inner, client, query).await
+    }
+}
+
+struct GuardedParser(Arc<datafusion_postgres::Parser>);
+
+#[async_trait]
+impl QueryParser for GuardedParser {
+    type Statement = <datafusion_postgres::Parser as QueryParser>::Statement;
+
+    async fn parse_sql<C>(&self, client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        crate::text_limits::check(sql).map_err(text_error)?;
+        self.0.parse_sql(client, sql, types).await
+    }
+
+    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        self.0.get_parameter_types(stmt)
+    }
+
+    fn get_result_schema(&self, stmt: &Self::Statement, column_format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        self.0.get_result_schema(stmt, column_format)
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for GuardedSession {
+    type Statement = <DfSessionService as ExtendedQueryHandler>::Statement;
+    type QueryParser = GuardedParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Self::Statement>, max_rows: usize) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await
     }
 }
 
@@ -236,15 +340,34 @@ enum Gate {
     Scram(Box<SASLAuthStartupHandler<DefaultServerParameterProvider>>),
 }
 
-/// Refusals (connection limit, plaintext under TLS) come before authentication.
+/// Plaintext under TLS is refused first; a connection takes one of the `max_connections`
+/// slots only with the message that completes its login (the startup message without a
+/// password, the second SCRAM message with one), so sockets that never log in hold none.
 struct Startup {
     gate: Gate,
-    refuse: Option<(&'static str, &'static str)>,
     tls_required: bool,
+    logins: Arc<Semaphore>,
+    login: Arc<Login>,
 }
 
 fn fatal(code: &str, msg: &str) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new("FATAL".into(), code.into(), msg.into())))
+}
+
+impl Startup {
+    /// Takes a login slot before the message that would complete the login is answered.
+    fn take_slot(&self) -> PgWireResult<()> {
+        let permit = self.logins.clone().try_acquire_owned().map_err(|_| fatal("53300", "too many connections to the co2cast SQL endpoint"))?;
+        *self.login.permit.lock().map_err(|_| fatal("XX000", "login state poisoned"))? = Some(permit);
+        self.login.taken.notify_one();
+        Ok(())
+    }
+
+    fn release_slot(&self) {
+        if let Ok(mut p) = self.login.permit.lock() {
+            *p = None;
+        }
+    }
 }
 
 #[async_trait]
@@ -255,18 +378,30 @@ impl StartupHandler for Startup {
         C::Error: fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        if let PgWireFrontendMessage::Startup(_) = &message {
-            if let Some((code, msg)) = self.refuse {
-                return Err(fatal(code, msg));
-            }
-            if self.tls_required && !client.is_secure() {
-                return Err(fatal("28000", "this co2cast endpoint accepts TLS connections only (use sslmode=require)"));
-            }
+        use std::sync::atomic::Ordering;
+        if let PgWireFrontendMessage::Startup(_) = &message
+            && self.tls_required
+            && !client.is_secure()
+        {
+            return Err(fatal("28000", "this co2cast endpoint accepts TLS connections only (use sslmode=require)"));
         }
-        match &self.gate {
+        let completes_login = match (&self.gate, &message) {
+            (Gate::Open(_), PgWireFrontendMessage::Startup(_)) => true,
+            (Gate::Scram(_), PgWireFrontendMessage::PasswordMessageFamily(_)) => self.login.password_messages.fetch_add(1, Ordering::Relaxed) + 1 == 2,
+            _ => false,
+        };
+        if completes_login && !self.login.logged_in() {
+            self.take_slot()?;
+        }
+        let result = match &self.gate {
             Gate::Open(h) => h.on_startup(client, message).await,
             Gate::Scram(h) => h.on_startup(client, message).await,
+        };
+        if result.is_err() {
+            // A failed login gives its slot back at once.
+            self.release_slot();
         }
+        result
     }
 }
 
@@ -276,25 +411,25 @@ pub async fn serve(ctx: SessionContext, cfg: &SqlServerConfig) -> std::io::Resul
     let tls = cfg.tls_setup().map_err(std::io::Error::other)?;
     let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port)).await?;
     setup_pg_catalog(&ctx, "datafusion", EmptyContextProvider).map_err(|e| std::io::Error::other(format!("pg_catalog: {e}")))?;
-    let hooks: Vec<Arc<dyn QueryHook>> = vec![
-        Arc::new(ReadOnlyHook { query_timeout: Duration::from_millis(cfg.query_timeout_ms) }),
-        Arc::new(CursorStatementHook),
-        Arc::new(SetShowHook),
-        Arc::new(TransactionStatementHook),
-    ];
+    // One hook answers every statement (see `readonly`); the stock hooks run inside it.
+    let hooks: Vec<Arc<dyn QueryHook>> = vec![Arc::new(ReadOnlyHook { query_timeout: Duration::from_millis(cfg.query_timeout_ms) })];
     let connections = Arc::new(ConnectionManager::new());
     let (acceptor, tls_cert_pem) = match tls {
         Some((a, pem)) => (Some(a), Some(pem)),
         None => (None, None),
     };
     let shared = Arc::new(Shared {
-        session: Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks)),
+        template: ctx.state(),
+        hooks,
         cancel: Arc::new(DefaultCancelHandler::new(connections.clone())),
         connections,
         scram: cfg.auth.as_ref().map(|a| Arc::new(ScramSecrets::new(a))),
         tls_cert_pem,
+        logins: Arc::new(Semaphore::new(cfg.max_connections)),
     });
-    let limit = Arc::new(Semaphore::new(cfg.max_connections));
+    // Sockets not logged in yet: bounded too, so that idle sockets cannot exhaust descriptors.
+    let pending = Arc::new(Semaphore::new(cfg.max_pending_logins.max(1)));
+    let login_timeout = Duration::from_millis(cfg.login_timeout_ms.max(1));
     tracing::info!(
         "SQL endpoint on {}:{} ({}, {})",
         cfg.host,
@@ -307,17 +442,44 @@ pub async fn serve(ctx: SessionContext, cfg: &SqlServerConfig) -> std::io::Resul
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("SQL endpoint accept: {e}");
+                // Out of descriptors, typically: give the sockets being closed a moment.
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let permit = limit.clone().try_acquire_owned().ok();
-        let refuse = permit.is_none().then_some(("53300", "too many connections to the co2cast SQL endpoint"));
-        let handlers = Connection { shared: shared.clone(), refuse };
+        let Ok(pending_slot) = pending.clone().try_acquire_owned() else {
+            tracing::debug!("SQL connection from {addr} closed: too many connections waiting to log in");
+            drop(socket);
+            continue;
+        };
+        let session = DfSessionService::new_with_hooks(Arc::new(SessionContext::new_with_state(shared.template.clone())), shared.hooks.clone());
+        let login = Arc::new(Login::default());
+        let handlers = Connection { shared: shared.clone(), session: Arc::new(GuardedSession::new(session)), login: login.clone() };
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = process_socket(socket, acceptor, handlers).await {
-                tracing::debug!("SQL connection from {addr}: {e}");
+            let work = process_socket(socket, acceptor, handlers);
+            tokio::pin!(work);
+            // The login must complete within `login_timeout`; then the socket stops counting
+            // as pending and may stay as long as the client likes.
+            let deadline = tokio::time::sleep(login_timeout);
+            tokio::pin!(deadline);
+            let mut pending_slot = Some(pending_slot);
+            let result = loop {
+                tokio::select! {
+                    r = &mut work => break Some(r),
+                    () = login.taken.notified(), if pending_slot.is_some() => pending_slot = None,
+                    () = &mut deadline, if pending_slot.is_some() => {
+                        if !login.logged_in() {
+                            break None;
+                        }
+                        pending_slot = None;
+                    }
+                }
+            };
+            match result {
+                None => tracing::debug!("SQL connection from {addr} closed: no login within {} ms", login_timeout.as_millis()),
+                Some(Err(e)) => tracing::debug!("SQL connection from {addr}: {e}"),
+                Some(Ok(())) => {}
             }
         });
     }

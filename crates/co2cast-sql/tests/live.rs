@@ -41,7 +41,7 @@ async fn a_session_sees_commits_made_after_it_was_opened() {
     let dir = std::env::temp_dir().join(format!("co2cast-sql-live-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut lake = Lake::open(&dir).unwrap();
-    lake.commit(1, vec![write("estimates", "01", "part-1.parquet", 10), write("estimates_latest", "01", "data.parquet", 10)], "2026-01-01T00:00:00Z").unwrap();
+    lake.commit(1, vec![write("estimates", "1", "part-1.parquet", 10), write("estimates_latest", "1", "data.parquet", 10)], "2026-01-01T00:00:00Z").unwrap();
     let ctx = co2cast_sql::session(&dir, &co2cast_sql::SqlLimits::default()).await.unwrap();
     assert_eq!(count(&ctx, "estimates").await, (10, 10.0));
     assert_eq!(count(&ctx, "estimates_latest").await, (10, 10.0));
@@ -50,10 +50,10 @@ async fn a_session_sees_commits_made_after_it_was_opened() {
     lake.commit(
         2,
         vec![
-            write("estimates", "01", "part-2.parquet", 5),
-            write("estimates", "02", "part-2.parquet", 7),
-            write("estimates_latest", "01", "data.parquet", 12),
-            write("estimates_latest", "02", "data.parquet", 7),
+            write("estimates", "1", "part-2.parquet", 5),
+            write("estimates", "2", "part-2.parquet", 7),
+            write("estimates_latest", "1", "data.parquet", 12),
+            write("estimates_latest", "2", "data.parquet", 7),
         ],
         "2026-01-01T00:01:00Z",
     )
@@ -62,7 +62,7 @@ async fn a_session_sees_commits_made_after_it_was_opened() {
     assert_eq!(count(&ctx, "estimates_latest").await, (19, 19.0), "a replaced file is read whole, as replaced");
 
     // A file the manifest does not list (a crash before the manifest save) is not read.
-    co2cast_lake::write_parquet_atomic(&dir.join("estimates/year=2019/month=03/part-3.parquet"), &batch(4)).unwrap();
+    co2cast_lake::write_parquet_atomic(&dir.join("estimates/year=2019/month=3/part-3.parquet"), &batch(4)).unwrap();
     assert_eq!(count(&ctx, "estimates").await, (22, 22.0), "tables list the manifest's files, not the directories'");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -71,7 +71,7 @@ async fn a_session_sees_commits_made_after_it_was_opened() {
 async fn queries_during_commits_and_rollbacks_answer_from_one_commit() {
     let dir = std::env::temp_dir().join(format!("co2cast-sql-race-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    const MONTHS: [&str; 6] = ["01", "02", "03", "04", "05", "06"];
+    const MONTHS: [&str; 6] = ["1", "2", "3", "4", "5", "6"];
     // Commit k rewrites every month with k rows of value k, so one commit's answer has
     // min = max = k and k rows per month.
     let files = |k: usize| -> Vec<FileWrite> {
