@@ -219,6 +219,12 @@ fn read_only_error(msg: String) -> PgWireError {
     sql_error("25006", msg)
 }
 
+/// A refused statement: a setting no client may change is a privilege error (42501),
+/// anything else a read-only violation (25006).
+fn refusal(statement: &Statement) -> impl Fn(String) -> PgWireError + '_ {
+    move |msg| if matches!(statement, Statement::Set(_)) { sql_error("42501", msg) } else { read_only_error(msg) }
+}
+
 fn sql_error(code: &str, msg: String) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), msg)))
 }
@@ -270,7 +276,7 @@ impl ReadOnlyHook {
     }
 
     async fn simple(&self, statement: &Statement, ctx: &SessionContext, client: &mut dyn HookClient) -> PgWireResult<Response> {
-        match screen(statement).map_err(read_only_error)? {
+        match screen(statement).map_err(refusal(statement))? {
             Admission::Plan => {
                 let plan = plan_statement(ctx, statement).await?;
                 self.run(ctx, plan, &*client).await
@@ -286,7 +292,7 @@ impl ReadOnlyHook {
 
     async fn parse(&self, statement: &Statement, ctx: &SessionContext, client: &(dyn ClientInfo + Send + Sync)) -> PgWireResult<LogicalPlan> {
         let empty = || LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation { produce_one_row: false, schema: Arc::new(datafusion::common::DFSchema::empty()) });
-        match screen(statement).map_err(read_only_error)? {
+        match screen(statement).map_err(refusal(statement))? {
             Admission::Plan => plan_statement(ctx, statement).await,
             Admission::Setting => SetShowHook.handle_extended_parse_query(statement, ctx, client).await.unwrap_or_else(|| Ok(empty())),
             Admission::Cursor => {
@@ -298,7 +304,7 @@ impl ReadOnlyHook {
     }
 
     async fn execute(&self, statement: &Statement, plan: &LogicalPlan, params: &ParamValues, ctx: &SessionContext, client: &mut dyn HookClient) -> PgWireResult<Response> {
-        match screen(statement).map_err(read_only_error)? {
+        match screen(statement).map_err(refusal(statement))? {
             Admission::Plan => {
                 let plan = plan.clone().with_param_values(params.clone()).map_err(|e| sql_error("22023", e.to_string()))?;
                 self.run(ctx, plan, &*client).await
@@ -388,5 +394,66 @@ mod tests {
             let e = check_sql(bad).expect_err(bad);
             assert!(e.contains("read-only") || e.contains("not allowed") || e.contains("cannot be set") || e.contains("not supported") || e.starts_with("SQL:"), "{bad}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+    use crate::text_limits::{MAX_EXPRESSION_DEPTH, SQL_THREAD_STACK_BYTES, check};
+
+    /// DataFusion's own parser and planner (COPY and EXPLAIN ANALYZE of it included).
+    async fn plan(ctx: &SessionContext, sql: &str) -> LogicalPlan {
+        ctx.state().create_logical_plan(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The plan check stands on its own: writes refused however they are wrapped, and scans
+    /// of anything but lake tables and catalog views refused, even where the screen is not asked.
+    #[tokio::test]
+    async fn the_plan_check_refuses_writes_and_foreign_tables_by_itself() {
+        let ctx = SessionContext::new_with_config(datafusion::prelude::SessionConfig::new().with_information_schema(true));
+        ctx.sql("CREATE TABLE t AS VALUES (1)").await.unwrap().collect().await.unwrap();
+        for sql in [
+            "EXPLAIN ANALYZE COPY (SELECT 1) TO '/tmp/co2cast-never.csv'",
+            "EXPLAIN ANALYZE INSERT INTO t VALUES (2)",
+            "INSERT INTO t SELECT * FROM t",
+            "COPY t TO '/tmp/co2cast-never.csv'",
+            "CREATE TABLE u AS SELECT 1",
+            "SELECT * FROM t",
+            "SELECT (SELECT max(column1) FROM t)",
+            "EXPLAIN SELECT * FROM t",
+        ] {
+            let p = plan(&ctx, sql).await;
+            assert!(verify_plan(&p).is_err(), "{sql} passed the plan check");
+        }
+        for sql in ["SELECT 1", "EXPLAIN ANALYZE SELECT 1", "WITH x AS (SELECT 1 AS a) SELECT a FROM x", "SELECT table_name FROM information_schema.tables"] {
+            let p = plan(&ctx, sql).await;
+            assert!(verify_plan(&p).is_ok(), "{sql}: {:?}", verify_plan(&p));
+        }
+        assert!(!std::path::Path::new("/tmp/co2cast-never.csv").exists());
+    }
+
+    /// The deepest chain the text limit accepts parses, plans, runs and is dropped on a
+    /// thread with the SQL threads' stack, in whatever build the tests run.
+    #[test]
+    fn deepest_accepted_expression_plans_and_runs() {
+        let sql = format!("SELECT {} AS n", vec!["1"; MAX_EXPRESSION_DEPTH].join(" + "));
+        assert!(check(&sql).is_ok());
+        let n = std::thread::Builder::new()
+            .stack_size(SQL_THREAD_STACK_BYTES)
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    let ctx = SessionContext::new();
+                    let p = plan(&ctx, &sql).await;
+                    verify_plan(&p).unwrap();
+                    let b = ctx.execute_logical_plan(p).await.unwrap().collect().await.unwrap();
+                    datafusion::arrow::util::pretty::pretty_format_batches(&b).unwrap().to_string()
+                })
+            })
+            .unwrap()
+            .join()
+            .expect("no stack overflow");
+        assert!(n.contains(&MAX_EXPRESSION_DEPTH.to_string()), "{n}");
     }
 }

@@ -16,7 +16,7 @@ pub const MAX_SQL_BYTES: usize = 1 << 20;
 /// parentheses, plus the parentheses themselves.
 pub const MAX_EXPRESSION_DEPTH: usize = 1024;
 /// Stack of every thread that parses, plans or runs SQL. A chain at [`MAX_EXPRESSION_DEPTH`]
-/// needs far less in an unoptimised build (`deepest_accepted_expression_plans_and_runs`).
+/// runs with room to spare, unoptimised (`readonly::plan_tests::deepest_accepted_expression_plans_and_runs`).
 pub const SQL_THREAD_STACK_BYTES: usize = 64 << 20;
 
 /// Why a text is refused before parsing, or `Ok`.
