@@ -110,7 +110,7 @@ pub fn load_daily_passengers(path: &Path) -> Result<Vec<(String, NaiveDate, f64)
 }
 
 /// CAAC monthly airport passenger throughput by macro-region (万人次), spread to every
-/// province of the region as a regional index (`AviationPassengers`, passengers).
+/// province of the region as a regional index (`AirportPassengers`, passengers).
 pub fn load_caac_throughput(path: &Path, regions: &Path) -> Result<Vec<ProxyMonth>> {
     let map = Table::read(regions)?;
     let (cr, cp) = (map.col("地区")?, map.col("省份")?);
@@ -145,7 +145,7 @@ pub fn load_caac_throughput(path: &Path, regions: &Path) -> Result<Vec<ProxyMont
             let v = t.f64(i, c)? * 1.0e4;
             for p in provinces {
                 out.push(ProxyMonth {
-                    signal: Signal::AviationPassengers,
+                    signal: Signal::AirportPassengers,
                     scope: Scope::Province(p),
                     month: ym,
                     value: v,

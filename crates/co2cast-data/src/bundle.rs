@@ -165,6 +165,11 @@ impl RawSources {
                 .filter(|m| !from_wind.contains(&m.signal)),
         );
         months.extend(proxies::load_wind_transport(&self.p("crea_china_co2/transport_volumes_monthly.csv"))?);
+        months.extend(proxies::load_wind_fuel_output(&self.p(&format!("{wind_dir}monthly_industry_stats.csv")))?);
+        months.extend(proxies::load_wind_electricity_consumption(&self.p(&format!("{wind_dir}Electricity_Consumption_by_province_2023.csv")))?);
+        months.extend(crate::activity::load_caac_throughput(&self.p("misc/caac_passenger_throughput_by_region.csv"), &self.p("misc/caac_airport_regions.csv"))?);
+        months.extend(proxies::load_annual_register(&self.p("misc/vehicle_stock_by_province.csv"), Signal::VehicleStock, 1.0e4, "NBS civil vehicle stock by province (万辆) via CM_China_Database")?);
+        months.extend(proxies::load_annual_register(&self.p("misc/heating_area_by_province.csv"), Signal::HeatingArea, 1.0e8, "NBS district-heating area by province (1e8 m²) via CM_China_Database")?);
         months.retain(keep);
         months.sort_by(|a, b| (a.signal, a.scope, a.month).cmp(&(b.signal, b.scope, b.month)));
         Ok((inv, months))

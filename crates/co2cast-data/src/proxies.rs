@@ -223,3 +223,96 @@ pub fn load_wind_transport(path: &Path) -> Result<Vec<ProxyMonth>> {
     }
     Ok(out)
 }
+
+/// Provincial monthly electricity consumption (Wind export of NBS/CEC data, `China:
+/// <province>: Power Consumption`, 1e8 kWh, monthly values) → GWh. Zeros are unpublished
+/// values (Tibet before 2015), not consumption.
+pub fn load_wind_electricity_consumption(path: &Path) -> Result<Vec<ProxyMonth>> {
+    let series = wind::load(path)?;
+    let mut out = Vec::new();
+    for s in series.iter().filter(|s| s.name.ends_with("Power Consumption")) {
+        let Some(p) = province_in_name(&s.name) else { continue };
+        if s.unit != "100 million kwh" {
+            return Err(DataError::Unit { file: path.to_path_buf(), field: s.name.clone(), found: s.unit.clone(), expected: "100 million kwh".into() });
+        }
+        for (date, v) in &s.points {
+            if let Some(ym) = YearMonth::parse(date)
+                && *v > 0.0
+            {
+                out.push(ProxyMonth {
+                    signal: Signal::ElectricityConsumption,
+                    scope: Scope::Province(p),
+                    month: ym,
+                    value: co2cast_model::domain::units::GWh::from_1e8_kwh(*v).0,
+                    provenance: MonthlyProvenance::Reported,
+                    source: "NBS/CEC provincial power consumption via Wind".into(),
+                });
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(DataError::content(path, "no `China: <province>: Power Consumption` series"));
+    }
+    Ok(out)
+}
+
+/// An annual provincial register (`name,date,data`: Chinese province name, `2019年`, value)
+/// as the level of each month of its year, in `multiplier` × the file's unit. A zero is an
+/// unpublished value; a province whose register is all zeros has none.
+pub fn load_annual_register(path: &Path, signal: Signal, multiplier: f64, source: &str) -> Result<Vec<ProxyMonth>> {
+    let t = Table::read(path)?;
+    let (cn, cd, cv) = (t.col("name")?, t.col("date")?, t.col("data")?);
+    let mut out = Vec::new();
+    for i in 0..t.rows.len() {
+        let name = t.str(i, cn);
+        let p = Province::parse_lenient(name).ok_or_else(|| DataError::field(path, t.line(i), "name", format!("unknown province `{name}`")))?;
+        let d = t.str(i, cd);
+        let year: i32 = d
+            .strip_suffix('年')
+            .and_then(|y| y.parse().ok())
+            .ok_or_else(|| DataError::field(path, t.line(i), "date", format!("bad year `{d}`")))?;
+        let v = t.f64(i, cv)?;
+        if v < 0.0 {
+            return Err(DataError::field(path, t.line(i), "data", "negative level"));
+        }
+        if v == 0.0 {
+            continue;
+        }
+        for m in 1..=12 {
+            out.push(ProxyMonth {
+                signal,
+                scope: Scope::Province(p),
+                month: YearMonth::new(year, m),
+                value: v * multiplier,
+                provenance: MonthlyProvenance::Reported,
+                source: source.to_string(),
+            });
+        }
+    }
+    if out.is_empty() {
+        return Err(DataError::content(path, "no values"));
+    }
+    Ok(out)
+}
+
+/// National monthly refinery output of transport fuels (Wind export of NBS data, `Output:
+/// Diesel Oil: YTD` etc., 1e4 t, year to date) → monthly tonnes.
+pub fn load_wind_fuel_output(path: &Path) -> Result<Vec<ProxyMonth>> {
+    let series = wind::load(path)?;
+    let mut ytd: BTreeMap<(Signal, Scope), Vec<(YearMonth, f64)>> = BTreeMap::new();
+    for (name, signal) in [("Output: Diesel Oil: YTD", Signal::DieselOutput), ("Output: Gasoline: YTD", Signal::GasolineOutput), ("Output: Kerosene: YTD", Signal::KeroseneOutput)] {
+        let s = series.iter().find(|s| s.name == name).ok_or_else(|| DataError::missing(path, name))?;
+        if s.unit != "10000 tons" {
+            return Err(DataError::Unit { file: path.to_path_buf(), field: s.name.clone(), found: s.unit.clone(), expected: "10000 tons".into() });
+        }
+        let pts = ytd.entry((signal, Scope::National)).or_default();
+        for (date, v) in &s.points {
+            if let Some(ym) = YearMonth::parse(date)
+                && *v > 0.0
+            {
+                pts.push((ym, v * 1.0e4));
+            }
+        }
+    }
+    difference_ytd(ytd, Sector::Industry, "NBS refinery output via Wind (YTD differenced)", path)
+}

@@ -60,7 +60,15 @@ fn pipeline_default_model_file_is_the_built_in_default() {
         assert!((0.0..0.5).contains(&sd) && (0.0..1.0).contains(&rho), "{s}: proxy noise {sd} {rho}");
         assert!((0.0..0.3).contains(&cfg.nowcast_rel_sd_per_month[&s]));
     }
-    assert!(cfg.phi_bounds.0 >= 0.0 && cfg.phi_bounds.1 <= 1.5);
-    let unknown = r#"{"components": [], "fit_window_years": 8, "typo_field": 1}"#;
+    assert!(cfg.share_bounds.0 >= 0.0 && cfg.share_bounds.1 <= 1.5);
+    // Every driver's prior is a share with a stated basis, and a component's priors do not
+    // add up to more than all of its emissions.
+    for c in &cfg.components {
+        for d in &c.drivers {
+            assert!((-0.5..=1.0).contains(&d.prior_share) && d.prior_sd > 0.0 && !d.basis.is_empty(), "{}: {d:?}", c.name());
+        }
+        assert!(c.drivers.iter().map(|d| d.prior_share).sum::<f64>() <= 1.0 + 1e-9, "{}", c.name());
+    }
+    let unknown = r#"{"components": [], "fit_first_year": 2006, "typo_field": 1}"#;
     assert!(serde_json::from_str::<ModelConfig>(unknown).is_err(), "unknown fields must be rejected");
 }

@@ -48,7 +48,10 @@ impl PlausibilityCaps {
             | Signal::SolarGeneration
             | Signal::NuclearGeneration => 150_000.0,
             Signal::CoalForPower => 1.0e8,
-            Signal::HighwayFreight | Signal::HighwayPassengers | Signal::AviationPassengers => 1.0e12,
+            Signal::HighwayFreight | Signal::HighwayPassengers | Signal::AviationPassengers | Signal::AirportPassengers => 1.0e12,
+            Signal::ElectricityConsumption => 150_000.0,
+            Signal::VehicleStock => 1.0e8,
+            Signal::HeatingArea => 1.0e11,
             Signal::MobilityIndex => 20.0,
             Signal::Temperature => 60.0,
             // Industrial products, tonnes per province-month (Hebei pig iron ~2e7).
@@ -77,6 +80,9 @@ impl PlausibilityCaps {
             // A day can be well above a month's daily mean; an hour above the day's.
             Granularity::Day => month / 28.0 * 2.0,
             Granularity::Hour => month / 28.0 * 2.0 / 24.0 * 2.0,
+            // Annual levels are carried by every month: the year's cap is the month's.
+            Granularity::Year if signal.is_annual_level() => month,
+            Granularity::Year => month * 12.0,
         };
         (0.0, hi)
     }
@@ -111,7 +117,7 @@ mod tests {
             let caps = PlausibilityCaps::from_history(&panel);
             let (signal, scope) = (Signal::ALL[probe_signal], scope_of(probe_scope));
             let month = keyed.get(&(signal, scope)).copied().unwrap_or_else(|| PlausibilityCaps::fallback_monthly(signal, scope));
-            for g in [Granularity::Hour, Granularity::Day, Granularity::Month] {
+            for g in [Granularity::Hour, Granularity::Day, Granularity::Month, Granularity::Year] {
                 for ytd in [false, true] {
                     let (lo, hi) = caps.range(signal, scope, g, ytd);
                     let want = match signal {
@@ -122,6 +128,8 @@ mod tests {
                             Granularity::Month => month,
                             Granularity::Day => month / 28.0 * 2.0,
                             Granularity::Hour => month / 28.0 * 2.0 / 24.0 * 2.0,
+                            Granularity::Year if signal.is_annual_level() => month,
+                            Granularity::Year => month * 12.0,
                         }),
                     };
                     prop_assert_eq!((lo, hi), want);

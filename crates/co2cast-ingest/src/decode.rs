@@ -54,6 +54,7 @@ pub fn scan(payload: &[u8]) -> Option<RawProxyMessage<'_>> {
                     "hour" => Granularity::Hour,
                     "day" => Granularity::Day,
                     "month" => Granularity::Month,
+                    "year" => Granularity::Year,
                     _ => return None,
                 });
                 j

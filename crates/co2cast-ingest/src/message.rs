@@ -11,11 +11,20 @@ pub enum Topic {
     MobilityIndex,
     AviationActivity,
     WeatherTemperature,
+    PowerConsumption,
+    AnnualRegister,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 5] =
-        [Topic::PowerGeneration, Topic::IndustryOutput, Topic::MobilityIndex, Topic::AviationActivity, Topic::WeatherTemperature];
+    pub const ALL: [Topic; 7] = [
+        Topic::PowerGeneration,
+        Topic::IndustryOutput,
+        Topic::MobilityIndex,
+        Topic::AviationActivity,
+        Topic::WeatherTemperature,
+        Topic::PowerConsumption,
+        Topic::AnnualRegister,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -24,6 +33,8 @@ impl Topic {
             Topic::MobilityIndex => "proxy.mobility.index",
             Topic::AviationActivity => "proxy.aviation.activity",
             Topic::WeatherTemperature => "proxy.weather.temperature",
+            Topic::PowerConsumption => "proxy.power.consumption",
+            Topic::AnnualRegister => "proxy.register.annual",
         }
     }
 
@@ -38,6 +49,8 @@ impl Topic {
             Topic::IndustryOutput => &[Granularity::Month],
             Topic::AviationActivity => &[Granularity::Day, Granularity::Month],
             Topic::WeatherTemperature => &[Granularity::Day],
+            Topic::PowerConsumption => &[Granularity::Hour, Granularity::Day, Granularity::Month],
+            Topic::AnnualRegister => &[Granularity::Year],
         }
     }
 
@@ -49,6 +62,8 @@ impl Topic {
             Topic::MobilityIndex => &["index", "passengers", "1e4 passengers"],
             Topic::AviationActivity => &["passengers", "1e4 passengers", "index"],
             Topic::WeatherTemperature => &["degC"],
+            Topic::PowerConsumption => &["GWh", "MWh", "kWh", "TWh", "1e8 kWh", "1e4 kWh"],
+            Topic::AnnualRegister => &["vehicles", "1e4 vehicles", "m2", "1e4 m2", "1e8 m2"],
         }
     }
 
@@ -60,7 +75,8 @@ impl Topic {
             Topic::IndustryOutput => &["product", "value_type"],
             Topic::MobilityIndex => &["kind", "city"],
             Topic::AviationActivity => &["kind"],
-            Topic::WeatherTemperature => &[],
+            Topic::WeatherTemperature | Topic::PowerConsumption => &[],
+            Topic::AnnualRegister => &["kind"],
         }
     }
 
@@ -72,6 +88,8 @@ impl Topic {
             Topic::MobilityIndex => "mobility.index",
             Topic::AviationActivity => "aviation.activity",
             Topic::WeatherTemperature => "weather.temperature",
+            Topic::PowerConsumption => "power.consumption",
+            Topic::AnnualRegister => "register.annual",
         }
     }
 }
@@ -91,6 +109,8 @@ pub enum Granularity {
     Hour,
     Day,
     Month,
+    /// A calendar year: annual levels (registers of vehicles, heated floor area).
+    Year,
 }
 
 impl Granularity {
@@ -99,6 +119,7 @@ impl Granularity {
             Granularity::Hour => "hour",
             Granularity::Day => "day",
             Granularity::Month => "month",
+            Granularity::Year => "year",
         }
     }
 }

@@ -102,7 +102,7 @@ fn dense_step_s(g: Granularity) -> Option<i64> {
     match g {
         Granularity::Hour => Some(3600),
         Granularity::Day => Some(86_400),
-        Granularity::Month => None,
+        Granularity::Month | Granularity::Year => None,
     }
 }
 
@@ -269,6 +269,13 @@ impl ProxyState {
             match (k.granularity, k.ytd) {
                 (Granularity::Month, true) => ytd.entry((k.signal, k.scope)).or_default().push((Self::month_of(k), e.value)),
                 (Granularity::Month, false) => panel.set_monthly(k.signal, k.scope, Self::month_of(k), e.value),
+                // An annual level is every month's level of its year.
+                (Granularity::Year, _) => {
+                    let y = Self::month_of(k).year;
+                    for m in 1..=12 {
+                        panel.set_monthly(k.signal, k.scope, YearMonth::new(y, m), e.value);
+                    }
+                }
                 (Granularity::Day, _) => {
                     explicit_days.insert((k.signal, k.scope, local_date(k.period_start)), e.value);
                 }

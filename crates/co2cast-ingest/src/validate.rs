@@ -167,6 +167,10 @@ pub fn period_end_s(start_s: i64, g: Granularity) -> i64 {
             let next = chrono::NaiveDate::from_ymd_opt(y, m, 1).expect("valid month");
             co2cast_model::calendar::day_start_utc(next).timestamp()
         }
+        Granularity::Year => {
+            let l = instant(start_s).with_timezone(&shanghai()).naive_local().date();
+            co2cast_model::calendar::day_start_utc(chrono::NaiveDate::from_ymd_opt(l.year() + 1, 1, 1).expect("valid year")).timestamp()
+        }
     }
 }
 
@@ -291,9 +295,16 @@ fn signal_of(topic: Topic, m: &RawProxyMessage<'_>) -> Result<(Signal, bool), Re
         }
         Topic::AviationActivity => match need("kind", &m.kind)?.as_str() {
             "passengers" | "passenger_km" => Ok((Signal::AviationPassengers, false)),
+            "airport_passengers" => Ok((Signal::AirportPassengers, false)),
             other => reject(RejectCode::UnknownVariant, format!("unknown aviation kind `{other}`")),
         },
         Topic::WeatherTemperature => Ok((Signal::Temperature, false)),
+        Topic::PowerConsumption => Ok((Signal::ElectricityConsumption, false)),
+        Topic::AnnualRegister => match need("kind", &m.kind)?.as_str() {
+            "vehicle_stock" => Ok((Signal::VehicleStock, false)),
+            "heating_area" => Ok((Signal::HeatingArea, false)),
+            other => reject(RejectCode::UnknownVariant, format!("unknown register kind `{other}`")),
+        },
     }
 }
 
@@ -343,6 +354,7 @@ fn check_alignment(start_s: i64, nanos: u32, g: Granularity) -> Result<i64, Reje
             Granularity::Hour => local_s.rem_euclid(3600) == 0,
             Granularity::Day => local_s.rem_euclid(86_400) == 0,
             Granularity::Month => local_s.rem_euclid(86_400) == 0 && instant(start_s).with_timezone(&shanghai()).day() == 1,
+            Granularity::Year => local_s.rem_euclid(86_400) == 0 && instant(start_s).with_timezone(&shanghai()).ordinal() == 1,
         };
     if ok {
         Ok(start_s)
@@ -558,7 +570,7 @@ mod tests {
         /// Alignment by arithmetic equals alignment read off the Asia/Shanghai wall clock.
         #[test]
         fn alignment_agrees_with_the_wall_clock(
-            ts in 946_684_800i64..2_000_000_000, snap in 0u8..4, g in prop::sample::select(vec![Granularity::Hour, Granularity::Day, Granularity::Month]),
+            ts in 946_684_800i64..2_000_000_000, snap in 0u8..5, g in prop::sample::select(vec![Granularity::Hour, Granularity::Day, Granularity::Month, Granularity::Year]),
         ) {
             use chrono::Timelike;
             // Snap often onto hours, days and month starts, or the property only sees misalignment.
@@ -568,7 +580,8 @@ mod tests {
                 0 => l,
                 1 => l.date().and_hms_opt(l.hour(), 0, 0).unwrap(),
                 2 => l.date().and_hms_opt(0, 0, 0).unwrap(),
-                _ => l.date().with_day(1).unwrap().and_hms_opt(0, 0, 0).unwrap(),
+                3 => l.date().with_day(1).unwrap().and_hms_opt(0, 0, 0).unwrap(),
+                _ => l.date().with_ordinal(1).unwrap().and_hms_opt(0, 0, 0).unwrap(),
             };
             let start = snapped.and_local_timezone(shanghai()).unwrap().with_timezone(&Utc);
             let wall = start.with_timezone(&shanghai()).naive_local();
@@ -576,6 +589,7 @@ mod tests {
                 Granularity::Hour => wall.minute() == 0 && wall.second() == 0,
                 Granularity::Day => wall.hour() == 0 && wall.minute() == 0 && wall.second() == 0,
                 Granularity::Month => wall.day() == 1 && wall.hour() == 0 && wall.minute() == 0 && wall.second() == 0,
+                Granularity::Year => wall.ordinal() == 1 && wall.hour() == 0 && wall.minute() == 0 && wall.second() == 0,
             };
             prop_assert_eq!(check_alignment(start.timestamp(), start.timestamp_subsec_nanos(), g).is_ok(), expected, "{} {:?}", start, g);
         }

@@ -26,7 +26,7 @@ pub struct Watermarks {
 
 /// Watermarks are kept per signal and granularity.
 pub fn stream_key(s: Signal, g: Granularity) -> String {
-    format!("{}/{}", s.as_str(), match g { Granularity::Hour => "hour", Granularity::Day => "day", Granularity::Month => "month" })
+    format!("{}/{}", s.as_str(), match g { Granularity::Hour => "hour", Granularity::Day => "day", Granularity::Month => "month", Granularity::Year => "year" })
 }
 
 /// How a message relates to its signal's watermark.

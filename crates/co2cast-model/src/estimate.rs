@@ -18,7 +18,7 @@
 //! member is reproducible whatever the evaluation order.
 
 use crate::calendar::{DayFactorTable, HolidayCalendar, days_of_month};
-use crate::calibration::{Calibration, ComponentSpec, ProxyScope, RowScale};
+use crate::calibration::{Calibration, ComponentSpec, DriverSpec, RowScale};
 use crate::calibration::robust::quantile_sorted;
 use crate::domain::{FuelGroup, Province, Sector};
 use crate::inventory::InventoryPanel;
@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use statrs::distribution::Normal;
 
 /// Version tag carried by every estimate.
-pub const MODEL_VERSION: &str = concat!("co2cast-model/", env!("CARGO_PKG_VERSION"), "+affine-proxy-v1");
+pub const MODEL_VERSION: &str = concat!("co2cast-model/", env!("CARGO_PKG_VERSION"), "+drivers-prior-denton-v2");
 
 /// How a daily value was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -204,12 +204,27 @@ pub struct Estimator<'a> {
     pub day_factors: &'a DayFactorTable,
 }
 
+/// One driver's ratio for a month, and how it was obtained.
+#[derive(Debug, Clone, Copy)]
+struct DriverMonth {
+    ratio: Option<f64>,
+    observed: bool,
+    /// Months beyond the driver's last published month (0 when observed).
+    ahead: u32,
+    /// Read from the driver's national fallback.
+    fallback: bool,
+}
+
 /// A component's contribution to one month.
 struct ComponentMonth {
     value: f64,
+    /// Every monthly driver observed.
     observed: bool,
+    has_monthly_driver: bool,
     nowcast_months: u32,
+    /// Daily values of a monthly driver covering the whole month (a daily proxy).
     daily_weights: Option<Vec<f64>>,
+    signals_observed: Vec<Signal>,
 }
 
 impl<'a> Estimator<'a> {
@@ -217,28 +232,24 @@ impl<'a> Estimator<'a> {
         self.calibration.base_year
     }
 
-    fn scope(spec: &ComponentSpec, p: Province) -> Scope {
-        match spec.scope {
-            ProxyScope::Provincial => Scope::Province(p),
-            ProxyScope::National => Scope::National,
-        }
-    }
-
-    /// Base-year monthly shares of a component: from its proxy when the base year is complete,
-    /// otherwise from calendar weights (with a heating profile for residential).
+    /// Base-year monthly shares of a component: from its first monthly driver's signal with
+    /// a complete, positive base year, otherwise from calendar weights (with a heating
+    /// profile for residential).
     fn base_month_shares(&self, spec: &ComponentSpec, p: Province) -> [f64; 12] {
         let y = self.base_year();
-        let scope = Self::scope(spec, p);
-        for s in &spec.signals {
-            let v: Option<Vec<f64>> = (1..=12).map(|m| self.proxies.monthly(*s, scope, YearMonth::new(y, m))).collect();
-            if let Some(v) = v {
-                let t: f64 = v.iter().sum();
-                if t > 0.0 && v.iter().all(|x| *x >= 0.0) {
-                    let mut out = [0.0; 12];
-                    for (i, x) in v.iter().enumerate() {
-                        out[i] = x / t;
+        for d in spec.monthly_drivers() {
+            let scope = d.scope(p);
+            for s in &d.signals {
+                let v: Option<Vec<f64>> = (1..=12).map(|m| self.proxies.monthly(*s, scope, YearMonth::new(y, m))).collect();
+                if let Some(v) = v {
+                    let t: f64 = v.iter().sum();
+                    if t > 0.0 && v.iter().all(|x| *x >= 0.0) {
+                        let mut out = [0.0; 12];
+                        for (i, x) in v.iter().enumerate() {
+                            out[i] = x / t;
+                        }
+                        return out;
                     }
-                    return out;
                 }
             }
         }
@@ -246,132 +257,181 @@ impl<'a> Estimator<'a> {
         let mut w = [0.0; 12];
         for (i, wi) in w.iter_mut().enumerate() {
             let m = i as u32 + 1;
-            let days: f64 =
-                days_of_month(y, m).map(|d| self.day_factors.factor(sector, self.calendar, d)).sum();
+            let days: f64 = days_of_month(y, m).map(|d| self.day_factors.factor(sector, self.calendar, d)).sum();
             *wi = days * seasonal_prior(sector, p, m);
         }
         let t: f64 = w.iter().sum();
         w.map(|x| x / t)
     }
 
-    /// The month's proxy ratio to the same month of the base year, with how it was obtained.
-    fn month_ratio(&self, spec: &ComponentSpec, p: Province, m: YearMonth) -> (Option<f64>, bool, u32) {
-        if spec.signals.is_empty() {
-            return (None, false, 0);
-        }
+    /// A driver's ratio for month `m` to the same month of the base year. A month not yet
+    /// published takes the mean ratio of the latest (up to 3) observed months before it.
+    fn driver_month(&self, d: &DriverSpec, p: Province, m: YearMonth) -> DriverMonth {
         let base = YearMonth::new(self.base_year(), m.month);
-        if let Some(r) = spec.monthly_ratio(self.proxies, p, base, m) {
-            return (Some(r), true, 0);
+        let scope = d.scope(p);
+        let scope_of = |fallback: bool| if fallback { Scope::National } else { scope };
+        if let Some(r) = d.monthly_ratio(self.proxies, p, base, m) {
+            let fallback = !d.own_value_published(self.proxies, p, m);
+            return DriverMonth { ratio: Some(r), observed: true, ahead: 0, fallback };
         }
-        let scope = Self::scope(spec, p);
         // Published, but no usable ratio (the province makes none of the product): the
-        // component keeps its base-year level; that is an observation, not a gap.
-        if spec.signals.iter().any(|s| self.proxies.monthly(*s, scope, m).is_some()) {
-            return (None, true, 0);
+        // driver keeps its base-year level; that is an observation, not a gap.
+        if d.all_signals().any(|(s, fb)| self.proxies.monthly(s, scope_of(fb), m).is_some()) {
+            return DriverMonth { ratio: None, observed: true, ahead: 0, fallback: false };
         }
-        // Not observed: use the mean ratio of the latest (up to 3) observed months before m.
-        let last_published = spec.signals.iter().filter_map(|s| self.proxies.last_month(*s, scope)).max();
+        let last_published = d.all_signals().filter_map(|(s, fb)| self.proxies.last_month(s, scope_of(fb))).max();
         let mut ratios = Vec::new();
         let mut cur = m.prev();
         let mut steps = 0;
         while ratios.len() < 3 && steps < 24 && cur.year >= self.base_year() {
             let b = YearMonth::new(self.base_year(), cur.month);
-            if cur > b || cur.year > self.base_year() {
-                if let Some(r) = spec.monthly_ratio(self.proxies, p, b, cur) {
-                    ratios.push(r);
-                }
+            if (cur > b || cur.year > self.base_year())
+                && let Some(r) = d.monthly_ratio(self.proxies, p, b, cur)
+            {
+                ratios.push(r);
             }
             cur = cur.prev();
             steps += 1;
         }
-        let r = if ratios.is_empty() { None } else { Some(ratios.iter().sum::<f64>() / ratios.len() as f64) };
+        let ratio = if ratios.is_empty() { None } else { Some(ratios.iter().sum::<f64>() / ratios.len() as f64) };
         let ahead = match last_published {
             Some(lp) if m > lp => months_between(lp, m),
             _ => 0,
         };
-        (r, false, ahead)
+        DriverMonth { ratio, observed: false, ahead, fallback: false }
     }
 
     fn component_month(&self, idx: usize, spec: &ComponentSpec, p: Province, m: YearMonth) -> Option<ComponentMonth> {
         let base = self.inventory.get(p, spec.item, self.base_year())?;
         let shares = self.base_month_shares(spec, p);
-        let (r, observed, ahead) = self.month_ratio(spec, p, m);
+        let drivers: Vec<DriverMonth> = spec.drivers.iter().map(|d| self.driver_month(d, p, m)).collect();
+        let ratios: Vec<Option<f64>> = drivers.iter().map(|d| d.ratio).collect();
         let k = (m.year - self.base_year()) as f64;
         let fit = self.calibration.component_fit(idx);
-        let value = base * shares[(m.month - 1) as usize] * fit.multiplier(r, k);
-        // A complete daily series for the month shapes its days.
-        let scope = Self::scope(spec, p);
-        let daily_weights = spec.signals.iter().find_map(|s| {
-            let v: Option<Vec<f64>> = days_of_month(m.year, m.month).map(|d| self.proxies.daily(*s, scope, d)).collect();
-            v.filter(|v| v.iter().sum::<f64>() > 0.0)
+        let value = base * shares[(m.month - 1) as usize] * fit.multiplier(&ratios, k);
+        // Status follows the monthly drivers; an annual level (a register published once a
+        // year) scales the year but does not make the month a gap or a nowcast.
+        let monthly: Vec<(&DriverSpec, &DriverMonth)> = spec.drivers.iter().zip(&drivers).filter(|(d, _)| !d.is_annual()).collect();
+        let observed = monthly.iter().all(|(_, dm)| dm.observed);
+        let nowcast_months = monthly.iter().map(|(_, dm)| dm.ahead).max().unwrap_or(0);
+        let signals_observed = spec
+            .drivers
+            .iter()
+            .zip(&drivers)
+            .filter(|(_, dm)| dm.observed)
+            .flat_map(|(d, dm)| if dm.fallback { d.fallback.clone() } else { d.signals.clone() })
+            .collect();
+        // A complete daily series of a monthly driver shapes the month's days.
+        let daily_weights = monthly.iter().find_map(|(d, _)| {
+            let scope = d.scope(p);
+            d.signals.iter().find_map(|s| {
+                let v: Option<Vec<f64>> = days_of_month(m.year, m.month).map(|day| self.proxies.daily(*s, scope, day)).collect();
+                v.filter(|v| v.iter().sum::<f64>() > 0.0 && v.iter().all(|x| *x > 0.0))
+            })
         });
-        Some(ComponentMonth { value, observed, nowcast_months: ahead, daily_weights })
+        Some(ComponentMonth { value, observed, has_monthly_driver: !monthly.is_empty(), nowcast_months, daily_weights, signals_observed })
     }
 
-    /// Central path and `settings.members` ensemble members for one row over `months`.
-    pub fn row(&self, p: Province, s: Sector, months: &[YearMonth], settings: EnsembleSettings) -> Option<RowEnsemble> {
-        let cfg = &self.calibration.config;
-        let comps: Vec<(usize, &ComponentSpec)> =
-            cfg.components.iter().enumerate().filter(|(_, c)| c.sector() == s).collect();
-        let scale = *self.calibration.scale(p, s)?;
-        let mut days = Vec::new();
-        let mut day_month = Vec::new();
-        let mut central = Vec::new();
-        let mut infos = Vec::new();
+    /// The month's value and its daily indicator (calendar factors, or a daily proxy) for a
+    /// row, with the month's facts.
+    fn row_month(&self, comps: &[(usize, &ComponentSpec)], p: Province, s: Sector, m: YearMonth) -> Option<(f64, Vec<f64>, MonthInfo)> {
+        let mut base_weight = 0.0;
+        let mut observed_weight = 0.0;
+        let mut ahead = 0u32;
+        let mut missing = false;
+        let mut proxy_driven = 0;
+        let mut proxies_used: Vec<Signal> = Vec::new();
+        let month_days: Vec<NaiveDate> = days_of_month(m.year, m.month).collect();
+        let calendar: Vec<f64> = month_days.iter().map(|d| self.day_factors.factor(s, self.calendar, *d)).collect();
+        let mut total = 0.0;
+        let mut shaped = vec![0.0; month_days.len()];
         let mut any = false;
-        for (mi, m) in months.iter().enumerate() {
-            let mut base_weight = 0.0;
-            let mut observed_weight = 0.0;
-            let mut ahead = 0u32;
-            let mut missing = false;
-            let mut proxy_driven = 0;
-            let mut proxies_used: Vec<Signal> = Vec::new();
-            let month_days: Vec<NaiveDate> = days_of_month(m.year, m.month).collect();
-            let mut day_values = vec![0.0; month_days.len()];
-            for (idx, spec) in &comps {
-                let Some(cm) = self.component_month(*idx, spec, p, *m) else { continue };
-                any = true;
-                let w = self.inventory.get(p, spec.item, self.base_year()).unwrap_or(0.0);
-                base_weight += w;
-                if !spec.signals.is_empty() {
-                    proxy_driven += 1;
-                    if cm.observed {
-                        observed_weight += w;
-                        proxies_used.extend(spec.signals.iter().copied());
-                    } else {
-                        missing = true;
-                    }
-                }
-                ahead = ahead.max(cm.nowcast_months);
-                let weights: Vec<f64> = match &cm.daily_weights {
-                    Some(v) => v.clone(),
-                    None => month_days.iter().map(|d| self.day_factors.factor(s, self.calendar, *d)).collect(),
-                };
-                let ws: f64 = weights.iter().sum::<f64>().max(1e-12);
-                for (i, wd) in weights.iter().enumerate() {
-                    day_values[i] += cm.value * wd / ws;
+        for (idx, spec) in comps {
+            let Some(cm) = self.component_month(*idx, spec, p, m) else { continue };
+            any = true;
+            let w = self.inventory.get(p, spec.item, self.base_year()).unwrap_or(0.0);
+            base_weight += w;
+            if cm.has_monthly_driver {
+                proxy_driven += 1;
+                if cm.observed {
+                    observed_weight += w;
+                } else {
+                    missing = true;
                 }
             }
-            proxies_used.sort();
-            proxies_used.dedup();
-            let coverage = if base_weight > 0.0 { observed_weight / base_weight } else { 0.0 };
-            let source_type = if ahead > 0 {
-                SourceType::Nowcast
-            } else if missing || proxy_driven == 0 {
-                SourceType::GapFilled
-            } else {
-                SourceType::Proxy
-            };
-            infos.push(MonthInfo { month: *m, source_type, coverage, nowcast_months: ahead, proxies: proxies_used });
-            for (d, v) in month_days.into_iter().zip(day_values) {
-                days.push(d);
-                day_month.push(mi);
-                central.push(v);
+            proxies_used.extend(cm.signals_observed.iter().copied());
+            ahead = ahead.max(cm.nowcast_months);
+            let weights = cm.daily_weights.as_ref().unwrap_or(&calendar);
+            let ws: f64 = weights.iter().sum::<f64>().max(1e-12);
+            for (i, wd) in weights.iter().enumerate() {
+                shaped[i] += cm.value * wd / ws;
             }
+            total += cm.value;
         }
         if !any {
             return None;
         }
+        proxies_used.sort();
+        proxies_used.dedup();
+        let coverage = if base_weight > 0.0 { observed_weight / base_weight } else { 0.0 };
+        let source_type = if ahead > 0 {
+            SourceType::Nowcast
+        } else if missing || proxy_driven == 0 {
+            SourceType::GapFilled
+        } else {
+            SourceType::Proxy
+        };
+        // The indicator: the shape of the components' days (daily proxies where they
+        // exist, calendar factors elsewhere), relative to the month's mean.
+        let indicator: Vec<f64> = if total > 0.0 { shaped.iter().map(|v| v / total * shaped.len() as f64).collect() } else { calendar };
+        Some((total, indicator, MonthInfo { month: m, source_type, coverage, nowcast_months: ahead, proxies: proxies_used }))
+    }
+
+    /// Central path and `settings.members` ensemble members for one row over `months`
+    /// (consecutive). Days follow a smooth path through the monthly totals (Denton, with
+    /// the month before and after the span as neighbours, so that paths also join across
+    /// the ends of the span), shaped by the calendar or a daily proxy.
+    pub fn row(&self, p: Province, s: Sector, months: &[YearMonth], settings: EnsembleSettings) -> Option<RowEnsemble> {
+        let cfg = &self.calibration.config;
+        let comps: Vec<(usize, &ComponentSpec)> = cfg.components.iter().enumerate().filter(|(_, c)| c.sector() == s).collect();
+        let scale = *self.calibration.scale(p, s)?;
+        let (first, last) = (*months.first()?, *months.last()?);
+        let mut infos = Vec::new();
+        let mut totals = Vec::new();
+        let mut lengths = Vec::new();
+        let mut indicator = Vec::new();
+        let mut days = Vec::new();
+        let mut day_month = Vec::new();
+        // Neighbours: the month before the span (when not before the base year) and after.
+        let before = (first.prev().year > self.base_year()).then(|| first.prev());
+        let span: Vec<YearMonth> = before.into_iter().chain(months.iter().copied()).chain(std::iter::once(last.next())).collect();
+        let mut neighbour_days = (0, 0);
+        for m in &span {
+            let inside = months.contains(m);
+            let Some((total, ind, info)) = self.row_month(&comps, p, s, *m) else {
+                if inside {
+                    return None;
+                }
+                continue;
+            };
+            if inside {
+                for d in days_of_month(m.year, m.month) {
+                    days.push(d);
+                    day_month.push(infos.len());
+                }
+                infos.push(info);
+            } else if *m < first {
+                neighbour_days.0 = ind.len();
+            } else {
+                neighbour_days.1 = ind.len();
+            }
+            totals.push(total);
+            lengths.push(ind.len());
+            indicator.extend(ind);
+        }
+        let path = crate::series::disaggregate::denton(&totals, &lengths, &indicator);
+        let central: Vec<f64> = path[neighbour_days.0..path.len() - neighbour_days.1].to_vec();
+        debug_assert_eq!(central.len(), days.len());
         let members = draw_members(p, s, &scale, self.base_year(), &days, &day_month, &infos, &central, cfg, settings);
         Some(RowEnsemble { province: p, sector: s, days, day_month, months: infos, central, members })
     }
@@ -396,13 +456,14 @@ pub fn base_year_for(year: i32, inventory_years: &[i32]) -> Option<i32> {
 }
 
 /// Years, up to `last_year`, whose estimates read proxy values dated in `year` (what a
-/// streaming job must re-estimate when such a value changes): the year itself; the two after
-/// it, since a missing month is filled with the ratios of up to 24 months before it; and
-/// every later year calibrated on `year`, since its ratios are to the base year's months.
-/// (A change of a series' frontier, its latest month, also changes the gap/nowcast status
-/// of earlier months: see [`ProxyPanel::last_months`].)
+/// streaming job must re-estimate when such a value changes): the year before it (its daily
+/// path runs smoothly into January of `year`), the year itself, the two after it (a missing
+/// month is filled with the ratios of up to 24 months before it, and a path starts from the
+/// December before), and every later year calibrated on `year`, whose ratios are to the base
+/// year's months. (A change of a series' frontier, its latest month, also changes the
+/// gap/nowcast status of earlier months: see [`ProxyPanel::last_months`].)
 pub fn years_reading(year: i32, inventory_years: &[i32], last_year: i32) -> Vec<i32> {
-    (year..=last_year.max(year + 2)).filter(|y| *y <= year + 2 || base_year_for(*y, inventory_years) == Some(year)).collect()
+    (year - 1..=last_year.max(year + 2)).filter(|y| *y <= year + 2 || base_year_for(*y, inventory_years) == Some(year)).collect()
 }
 
 fn months_between(a: YearMonth, b: YearMonth) -> u32 {
@@ -473,14 +534,18 @@ fn draw_members(
             let common = common_shocks(settings.seed, s.fuel_group(), j, years_ahead.max(1));
             let z_base = n.sample(&mut rng);
             let drift: Vec<f64> = (0..years_ahead.max(1)).map(|_| n.sample(&mut rng)).collect();
-            // Log error accumulated by the year-steps up to year `y`.
+            // Log error accumulated by the year-steps up to year `y`, kept within
+            // `member_log_error_cap_sd` of its own standard deviation: a member stays
+            // physically plausible however heavy the inventory's tails.
             let year_error = |y: i32| -> f64 {
                 let k = (y - base_year).max(0) as usize;
                 let mut e = scale.base_sd * z_base;
                 for i in 0..k {
                     e += scale.common_sd_per_year * common[i] + scale.drift_sd_per_year * drift[i];
                 }
-                e
+                let sd = (scale.base_sd.powi(2) + k as f64 * (scale.common_sd_per_year.powi(2) + scale.drift_sd_per_year.powi(2))).sqrt();
+                let cap = cfg.member_log_error_cap_sd * sd;
+                e.clamp(-cap, cap)
             };
             // Nowcast random walk over months beyond the last published one.
             let mut nowcast = vec![0.0; months.len()];

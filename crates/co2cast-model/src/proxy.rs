@@ -43,10 +43,25 @@ pub enum Signal {
     MobilityIndex,
     /// Daily mean temperature, °C.
     Temperature,
+    /// Electricity consumed in a province (all uses), GWh.
+    ElectricityConsumption,
+    /// Passengers through the airports of a province's CAAC macro-region (a regional index:
+    /// every province of the region carries the region's series), passengers.
+    AirportPassengers,
+    /// Civil vehicles registered in a province at year end (an annual level carried by each
+    /// month of its year), vehicles.
+    VehicleStock,
+    /// Floor area heated by district heating in a province at year end (annual level carried
+    /// by each month of its year), m².
+    HeatingArea,
+    /// National refinery output of diesel, gasoline and kerosene (jet fuel), tonnes.
+    DieselOutput,
+    GasolineOutput,
+    KeroseneOutput,
 }
 
 impl Signal {
-    pub const ALL: [Signal; 23] = [
+    pub const ALL: [Signal; 30] = [
         Signal::ThermalGeneration,
         Signal::HydroGeneration,
         Signal::WindGeneration,
@@ -70,6 +85,13 @@ impl Signal {
         Signal::AviationPassengers,
         Signal::MobilityIndex,
         Signal::Temperature,
+        Signal::ElectricityConsumption,
+        Signal::AirportPassengers,
+        Signal::VehicleStock,
+        Signal::HeatingArea,
+        Signal::DieselOutput,
+        Signal::GasolineOutput,
+        Signal::KeroseneOutput,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -97,7 +119,20 @@ impl Signal {
             Signal::AviationPassengers => "aviation_passengers",
             Signal::MobilityIndex => "mobility_index",
             Signal::Temperature => "temperature",
+            Signal::ElectricityConsumption => "electricity_consumption",
+            Signal::AirportPassengers => "airport_passengers",
+            Signal::VehicleStock => "vehicle_stock",
+            Signal::HeatingArea => "heating_area",
+            Signal::DieselOutput => "diesel_output",
+            Signal::GasolineOutput => "gasoline_output",
+            Signal::KeroseneOutput => "kerosene_output",
         }
+    }
+
+    /// Annual levels (registers, stocks): published once a year, carried by every month of
+    /// their year. Their ratios scale a year, they do not shape months.
+    pub fn is_annual_level(self) -> bool {
+        matches!(self, Signal::VehicleStock | Signal::HeatingArea)
     }
 
     pub fn unit(self) -> &'static str {
@@ -106,10 +141,13 @@ impl Signal {
             | Signal::HydroGeneration
             | Signal::WindGeneration
             | Signal::SolarGeneration
-            | Signal::NuclearGeneration => "GWh",
+            | Signal::NuclearGeneration
+            | Signal::ElectricityConsumption => "GWh",
             Signal::HighwayFreight | Signal::HighwayPassengers | Signal::MobilityIndex => "index",
-            Signal::AviationPassengers => "passengers",
+            Signal::AviationPassengers | Signal::AirportPassengers => "passengers",
             Signal::Temperature => "degC",
+            Signal::VehicleStock => "vehicles",
+            Signal::HeatingArea => "m2",
             _ => "t",
         }
     }
@@ -133,6 +171,9 @@ impl FromStr for Signal {
             "ten_nonferrous" | "nonferrous" => "ten_nonferrous_metals",
             "caustic_soda_100pct" => "caustic_soda",
             "npk_fertilizer_pure" => "fertilizer",
+            "diesel" => "diesel_output",
+            "gasoline" => "gasoline_output",
+            "kerosene" => "kerosene_output",
             other => other,
         };
         Signal::ALL.iter().copied().find(|x| x.as_str() == t).ok_or_else(|| format!("unknown signal `{s}`"))

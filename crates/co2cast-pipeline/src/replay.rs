@@ -82,6 +82,26 @@ pub fn records_from_dataset(data: &Dataset, years: std::ops::RangeInclusive<i32>
                 let body = serde_json::json!({"granularity": "month", "kind": "passenger_km", "value": value, "unit": "index", "source": "caac", "revision": 0});
                 out.push(record(Topic::AviationActivity, scope, start, body, end + monthly_lag));
             }
+            Signal::AirportPassengers => {
+                let body = serde_json::json!({"granularity": "month", "kind": "airport_passengers", "value": value, "unit": "passengers", "source": "caac", "revision": 0});
+                out.push(record(Topic::AviationActivity, scope, start, body, end + monthly_lag));
+            }
+            Signal::ElectricityConsumption => {
+                let body = serde_json::json!({"granularity": "month", "value": value, "unit": "GWh", "source": "cec", "revision": 0});
+                out.push(record(Topic::PowerConsumption, scope, start, body, end + monthly_lag));
+            }
+            // Annual registers: one value a year (every month of the panel carries it),
+            // published with the statistical communiqué at the end of the next February.
+            Signal::VehicleStock | Signal::HeatingArea => {
+                if month.month != 12 {
+                    continue;
+                }
+                let (kind, unit) = if signal == Signal::VehicleStock { ("vehicle_stock", "vehicles") } else { ("heating_area", "m2") };
+                let year_start = day_start_utc(YearMonth::new(month.year, 1).first_day());
+                let released = day_start_utc(YearMonth::new(month.year + 1, 2).first_day()) + Duration::days(28);
+                let body = serde_json::json!({"granularity": "year", "kind": kind, "value": value, "unit": unit, "source": "nbs", "revision": 0});
+                out.push(record(Topic::AnnualRegister, scope, year_start, body, released));
+            }
             s if s.unit() == "t" && s != Signal::CoalForPower => {
                 // NBS publishes industrial output year-to-date; January only with February.
                 let acc = ytd.entry((s, scope, month.year)).or_insert(0.0);
@@ -89,7 +109,8 @@ pub fn records_from_dataset(data: &Dataset, years: std::ops::RangeInclusive<i32>
                 if month.month == 1 {
                     continue;
                 }
-                let body = serde_json::json!({"granularity": "month", "product": s.as_str(), "value": *acc, "unit": "t", "value_type": "ytd", "source": "nbs", "revision": 0});
+                let product = s.as_str().strip_suffix("_output").unwrap_or(s.as_str());
+                let body = serde_json::json!({"granularity": "month", "product": product, "value": *acc, "unit": "t", "value_type": "ytd", "source": "nbs", "revision": 0});
                 out.push(record(Topic::IndustryOutput, scope, start, body, end + monthly_lag));
             }
             _ => {}

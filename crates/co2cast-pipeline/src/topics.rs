@@ -13,6 +13,8 @@ pub struct TopicNames {
     pub mobility_index: String,
     pub aviation_activity: String,
     pub weather_temperature: String,
+    pub power_consumption: String,
+    pub annual_register: String,
     pub dead_letter: String,
     pub estimates_daily: String,
 }
@@ -28,6 +30,8 @@ impl Default for TopicNames {
             mobility_index: Topic::MobilityIndex.name().into(),
             aviation_activity: Topic::AviationActivity.name().into(),
             weather_temperature: Topic::WeatherTemperature.name().into(),
+            power_consumption: Topic::PowerConsumption.name().into(),
+            annual_register: Topic::AnnualRegister.name().into(),
             dead_letter: DLQ_TOPIC.into(),
             estimates_daily: ESTIMATES_TOPIC.into(),
         }
@@ -44,6 +48,8 @@ impl TopicNames {
             mobility_index: d.mobility_index + suffix,
             aviation_activity: d.aviation_activity + suffix,
             weather_temperature: d.weather_temperature + suffix,
+            power_consumption: d.power_consumption + suffix,
+            annual_register: d.annual_register + suffix,
             dead_letter: d.dead_letter + suffix,
             estimates_daily: d.estimates_daily + suffix,
         }
@@ -56,6 +62,8 @@ impl TopicNames {
             Topic::MobilityIndex => &self.mobility_index,
             Topic::AviationActivity => &self.aviation_activity,
             Topic::WeatherTemperature => &self.weather_temperature,
+            Topic::PowerConsumption => &self.power_consumption,
+            Topic::AnnualRegister => &self.annual_register,
         }
     }
 

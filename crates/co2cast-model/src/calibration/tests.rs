@@ -8,9 +8,9 @@ fn recovers_the_proxy_share_from_a_synthetic_world() {
     let cfg = ModelConfig::default();
     let cal = calibrate(&inv, &proxies, 2016, 1, &cfg).unwrap();
     let power = cfg.components.iter().position(|c| c.item == InventoryItem::Sector(Sector::Power)).unwrap();
-    let fit = cal.fits[power];
-    assert!(fit.phi_free, "{fit:?}");
-    assert!((fit.phi - 0.8).abs() < 0.1, "{fit:?}");
+    let fit = &cal.fits[power];
+    assert!((fit.drivers[0].phi - 0.8).abs() < 0.1, "{fit:?}");
+    assert!(fit.drivers[0].se < 0.1, "{fit:?}");
     let s = cal.scale(Province::Hebei, Sector::Power).unwrap();
     assert!(s.drift_sd_per_year < 0.05, "{s:?}");
 }

@@ -106,6 +106,11 @@ pub fn normalise_unit(raw: &str) -> Option<UnitConversion> {
         "passengers" | "persons" => ("passengers", 1.0),
         "1e4passengers" | "10^4passengers" | "万人次" | "10kperson*times" => ("passengers", 1.0e4),
         "degc" | "°c" | "celsius" => ("degC", 1.0),
+        "vehicles" => ("vehicles", 1.0),
+        "1e4vehicles" => ("vehicles", 1.0e4),
+        "m2" => ("m2", 1.0),
+        "1e4m2" => ("m2", 1.0e4),
+        "1e8m2" => ("m2", 1.0e8),
         _ => return None,
     };
     Some(UnitConversion { canonical, multiplier })

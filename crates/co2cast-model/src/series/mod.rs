@@ -1,6 +1,8 @@
 //! Time-series helpers for statistical releases: year-to-date differencing, the combined
 //! January–February release, and spreading monthly totals over days.
 
+pub mod disaggregate;
+
 use crate::calendar::{HolidayCalendar, days_in_month, days_of_month};
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
