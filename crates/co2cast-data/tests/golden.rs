@@ -60,7 +60,7 @@ fn pipeline_default_model_file_is_the_built_in_default() {
         assert!((0.0..0.5).contains(&sd) && (0.0..1.0).contains(&rho), "{s}: proxy noise {sd} {rho}");
         assert!((0.0..0.3).contains(&cfg.nowcast_rel_sd_per_month[&s]));
     }
-    assert!(cfg.share_bounds.0 >= 0.0 && cfg.share_bounds.1 <= 1.5);
+    assert!(cfg.share_bounds.0 >= -1.0 && cfg.share_bounds.0 <= 0.0 && cfg.share_bounds.1 <= 1.5);
     // Every driver's prior is a share with a stated basis, and a component's priors do not
     // add up to more than all of its emissions.
     for c in &cfg.components {
