@@ -32,9 +32,13 @@ pub fn difference_ytd(
 ) -> Result<Vec<ProxyMonth>> {
     let cal = HolidayCalendar::official();
     let f = DayFactorTable::bundled();
-    let weight = |d| f.factor(sector, &cal, d);
     let mut out = Vec::new();
     for ((signal, scope), pts) in series {
+        // The province's calendar: holidays, make-up days and suspensions of work (2020).
+        let weight = |d| match scope {
+            Scope::Province(p) => f.factor_in(sector, &cal, p, d),
+            Scope::National => f.factor(sector, &cal, d),
+        };
         let months = months_from_ytd(&pts, &weight).map_err(|e| DataError::content(file, format!("{signal}: {e}")))?;
         out.extend(months.into_iter().map(|m| ProxyMonth {
             signal,

@@ -286,19 +286,6 @@ impl ProxyState {
                 }
             }
         }
-        let cal = HolidayCalendar::official();
-        let f = DayFactorTable::bundled();
-        let weight = |d| f.factor(Sector::Industry, &cal, d);
-        for ((s, scope), pts) in ytd {
-            if let Ok(months) = months_from_ytd(&pts, &weight) {
-                for m in months {
-                    if panel.monthly(s, scope, m.month).is_none() {
-                        panel.set_monthly(s, scope, m.month, m.value);
-                    }
-                }
-            }
-        }
-        // Days: explicit daily values win over summed hours; only complete hour sets count.
         let mut days = explicit_days;
         for ((s, scope, d), (n, sum)) in hours {
             if n == 24 {
@@ -315,6 +302,36 @@ impl ProxyState {
         for ((s, scope, m), (n, sum)) in month_sums {
             if n == days_in_month(m.year, m.month) && panel.monthly(s, scope, m).is_none() {
                 panel.set_monthly(s, scope, m, sum);
+            }
+        }
+        // Year-to-date series, differenced; a combined January-February release is split by a
+        // daily series of the same signal and province when one covers both months, and by
+        // the province's calendar (holidays, make-up days, suspensions of work) otherwise.
+        let cal = HolidayCalendar::official();
+        let f = DayFactorTable::bundled();
+        for ((s, scope), pts) in ytd {
+            let daily_years: std::collections::BTreeSet<i32> = pts
+                .iter()
+                .map(|(m, _)| m.year)
+                .filter(|y| (1..=2).all(|mo| co2cast_model::calendar::days_of_month(*y, mo).all(|d| panel.daily(s, scope, d).is_some_and(|v| v > 0.0))))
+                .collect();
+            let weight = |d: NaiveDate| {
+                if daily_years.contains(&chrono::Datelike::year(&d))
+                    && let Some(v) = panel.daily(s, scope, d)
+                {
+                    return v;
+                }
+                match scope {
+                    Scope::Province(p) => f.factor_in(Sector::Industry, &cal, p, d),
+                    Scope::National => f.factor(Sector::Industry, &cal, d),
+                }
+            };
+            if let Ok(months) = months_from_ytd(&pts, &weight) {
+                for m in months {
+                    if panel.monthly(s, scope, m.month).is_none() {
+                        panel.set_monthly(s, scope, m.month, m.value);
+                    }
+                }
             }
         }
         panel

@@ -257,7 +257,7 @@ impl<'a> Estimator<'a> {
         let mut w = [0.0; 12];
         for (i, wi) in w.iter_mut().enumerate() {
             let m = i as u32 + 1;
-            let days: f64 = days_of_month(y, m).map(|d| self.day_factors.factor(sector, self.calendar, d)).sum();
+            let days: f64 = days_of_month(y, m).map(|d| self.day_factors.factor_in(sector, self.calendar, p, d)).sum();
             *wi = days * seasonal_prior(sector, p, m);
         }
         let t: f64 = w.iter().sum();
@@ -342,7 +342,7 @@ impl<'a> Estimator<'a> {
         let mut proxy_driven = 0;
         let mut proxies_used: Vec<Signal> = Vec::new();
         let month_days: Vec<NaiveDate> = days_of_month(m.year, m.month).collect();
-        let calendar: Vec<f64> = month_days.iter().map(|d| self.day_factors.factor(s, self.calendar, *d)).collect();
+        let calendar: Vec<f64> = month_days.iter().map(|d| self.day_factors.factor_in(s, self.calendar, p, *d)).collect();
         let mut total = 0.0;
         let mut shaped = vec![0.0; month_days.len()];
         let mut any = false;

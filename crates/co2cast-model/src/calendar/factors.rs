@@ -124,6 +124,19 @@ impl DayFactorTable {
     pub fn factor(&self, s: Sector, cal: &HolidayCalendar, d: NaiveDate) -> f64 {
         self.sector(s).factor(cal, d)
     }
+
+    /// The factor in province `p`: during a provincial suspension of work activity stays at
+    /// the sector's holiday level (or below, inside the Spring Festival window), and it
+    /// returns to the ordinary level linearly over the recovery days after.
+    pub fn factor_in(&self, s: Sector, cal: &HolidayCalendar, p: crate::domain::Province, d: NaiveDate) -> f64 {
+        let f = self.sector(s);
+        let base = f.factor(cal, d);
+        match cal.work_state(p, d) {
+            super::WorkState::Normal => base,
+            super::WorkState::Suspended => base.min(f.holiday),
+            super::WorkState::Recovering(x) => base * (f.holiday + (1.0 - f.holiday) * x),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -78,15 +78,70 @@ pub enum CalendarError {
     Duplicate(NaiveDate),
 }
 
-/// Versioned table of statutory holidays and make-up working days.
+/// Versioned table of statutory holidays and make-up working days, with provincial
+/// suspensions of work beyond it (2020's epidemic closures).
 #[derive(Debug, Clone)]
 pub struct HolidayCalendar {
     pub version: &'static str,
     pub source: &'static str,
     entries: BTreeMap<NaiveDate, CalendarEntry>,
+    suspensions: Vec<Suspension>,
+}
+
+/// Non-essential enterprises of a province closed from `from` to `to` (inclusive).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suspension {
+    pub province: crate::domain::Province,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub source: String,
+}
+
+/// Days over which activity returns to normal after a suspension ends (an assumption: staggered
+/// returns of migrant workers, permits to reopen; see docs/model.md).
+pub const RECOVERY_DAYS: i64 = 28;
+
+/// How a province's work stood on a day, beyond the statutory calendar.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WorkState {
+    Normal,
+    Suspended,
+    /// Days since work resumed over [`RECOVERY_DAYS`], in (0, 1).
+    Recovering(f64),
 }
 
 const HOLIDAYS_CSV: &str = include_str!("../../data/cn_public_holidays.csv");
+const SUSPENSIONS_CSV: &str = include_str!("../../data/cn_work_suspensions.csv");
+/// Version of the suspension table.
+pub const SUSPENSIONS_VERSION: &str = "2020.1";
+
+fn parse_suspensions(csv_text: &str) -> Result<Vec<Suspension>, CalendarError> {
+    let mut out = Vec::new();
+    let mut header_seen = false;
+    for (i, raw) in csv_text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if !header_seen {
+            header_seen = true;
+            continue;
+        }
+        let err = |msg: String| CalendarError::Parse { line: i + 1, msg };
+        let parts: Vec<&str> = line.splitn(4, ',').collect();
+        if parts.len() != 4 {
+            return Err(err("expected province,from,to,source".into()));
+        }
+        let province = crate::domain::Province::from_iso(parts[0]).ok_or_else(|| err(format!("unknown province `{}`", parts[0])))?;
+        let date = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|e| err(format!("bad date `{s}`: {e}")));
+        let (from, to) = (date(parts[1])?, date(parts[2])?);
+        if to < from || parts[3].trim().is_empty() {
+            return Err(err("a suspension needs from <= to and a source".into()));
+        }
+        out.push(Suspension { province, from, to, source: parts[3].to_string() });
+    }
+    Ok(out)
+}
 
 /// Lunar new year's day (正月初一), 2010–2030.
 const LUNAR_NEW_YEAR: [(i32, u32, u32); 21] = [
@@ -116,8 +171,29 @@ const LUNAR_NEW_YEAR: [(i32, u32, u32); 21] = [
 impl HolidayCalendar {
     /// The bundled table (State Council notices 2015–2026).
     pub fn official() -> HolidayCalendar {
-        Self::parse(HOLIDAYS_CSV, "2026.1", "State Council General Office annual holiday notices")
-            .expect("bundled holiday table is valid (checked by tests)")
+        let mut cal = Self::parse(HOLIDAYS_CSV, "2026.1", "State Council General Office annual holiday notices")
+            .expect("bundled holiday table is valid (checked by tests)");
+        cal.suspensions = parse_suspensions(SUSPENSIONS_CSV).expect("bundled suspension table is valid (checked by tests)");
+        cal
+    }
+
+    /// Provincial suspensions of work, as listed in the bundled table.
+    pub fn suspensions(&self) -> &[Suspension] {
+        &self.suspensions
+    }
+
+    /// Whether work in province `p` on `d` was suspended, recovering, or normal.
+    pub fn work_state(&self, p: crate::domain::Province, d: NaiveDate) -> WorkState {
+        for s in self.suspensions.iter().filter(|s| s.province == p) {
+            if d >= s.from && d <= s.to {
+                return WorkState::Suspended;
+            }
+            let since = (d - s.to).num_days();
+            if since > 0 && since < RECOVERY_DAYS {
+                return WorkState::Recovering(since as f64 / RECOVERY_DAYS as f64);
+            }
+        }
+        WorkState::Normal
     }
 
     pub fn parse(csv_text: &str, version: &'static str, source: &'static str) -> Result<Self, CalendarError> {
@@ -150,7 +226,7 @@ impl HolidayCalendar {
                 return Err(CalendarError::Duplicate(date));
             }
         }
-        Ok(HolidayCalendar { version, source, entries })
+        Ok(HolidayCalendar { version, source, entries, suspensions: Vec::new() })
     }
 
     pub fn covered_years(&self) -> std::ops::RangeInclusive<i32> {
