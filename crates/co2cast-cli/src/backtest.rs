@@ -46,20 +46,48 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         None => ModelConfig::default(),
     };
-    let report = run_backtest(
-        &data.inventory,
-        &data.proxies,
-        a.base_year,
-        a.target_year,
-        &cfg,
-        EnsembleSettings { members: a.members, seed: a.seed },
-    )?;
+    let settings = EnsembleSettings { members: a.members, seed: a.seed };
+    // After the last inventory year there is nothing provincial to score: national totals
+    // against the references, and the monthly path against the proxies.
+    if !data.inventory.years().contains(&a.target_year) && a.target_year > a.base_year {
+        let report = co2cast_model::backtest::national_report(&data.inventory, &data.proxies, &data.references, a.base_year, a.target_year, &cfg, settings)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print_national(&report, &data.origin);
+        }
+        return Ok(());
+    }
+    let report = run_backtest(&data.inventory, &data.proxies, a.base_year, a.target_year, &cfg, settings)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_tables(&report, &data.origin);
     }
     Ok(())
+}
+
+fn print_national(r: &co2cast_model::backtest::NationalReport, origin: &str) {
+    println!("co2cast national backtest: calibrated on {} only ({}; {})", r.base_year, r.model_version, origin);
+    println!("{} inventory (30 provinces): {:.0} MtCO2", r.base_year, r.base_inventory_mtco2);
+    for y in &r.years {
+        println!("  {} (horizon {} y): {:.0} MtCO2 [{:.0}, {:.0}]", y.year, y.horizon_years, y.band.central, y.band.p2_5, y.band.p97_5);
+    }
+    println!("Annual change, percent (co2cast [95 %] | references):");
+    for c in &r.changes {
+        let refs: Vec<String> = c.references.iter().map(|(s, v)| format!("{s} {v:+.1}")).collect();
+        println!("  {}->{}: {:+.1} [{:+.1}, {:+.1}] | {}", c.from, c.to, c.estimate_pct, c.p2_5_pct, c.p97_5_pct, refs.join(", "));
+    }
+    if !r.monthly_yoy.is_empty() {
+        println!("{} month by month against {} (estimate | proxies' national sums), percent:", r.base_year + 1, r.base_year);
+        for m in &r.monthly_yoy {
+            let p: Vec<String> = m.proxies_pct.iter().map(|(s, v)| format!("{s} {v:+.1}")).collect();
+            println!("  {:>2}: {:+6.1} | {}", m.month, m.estimate_pct, p.join(", "));
+        }
+    }
+    for rf in &r.references {
+        println!("reference {}: {} (differs: {})", rf.source, rf.scope, rf.scope_difference);
+    }
 }
 
 fn print_tables(r: &BacktestReport, origin: &str) {
@@ -87,7 +115,8 @@ fn print_tables(r: &BacktestReport, origin: &str) {
     println!("Summary ({} province-sector rows, all figures in percent except coverage):", s.n_rows);
     println!("  power  median |err| {:.2}  p90 {:.2}   (persistence median {:.2})", s.power_median_abs_pct_err, s.power_p90_abs_pct_err, s.persistence_power_median_abs_pct_err);
     println!("  totals median |err| {:.2}  p90 {:.2}   (persistence median {:.2})", s.total_median_abs_pct_err, s.total_p90_abs_pct_err, s.persistence_total_median_abs_pct_err);
-    println!("  coverage_95 {:.3} (totals {:.3}); median 95% half-width {:.1}", s.coverage_95, s.coverage_95_totals, s.median_rel_halfwidth_95);
+    println!("  coverage_95 {:.3} (totals {:.3}); median 95% half-width {:.1} (totals {:.1})", s.coverage_95, s.coverage_95_totals, s.median_rel_halfwidth_95, s.median_rel_halfwidth_95_totals);
+    println!("  interval score (95 %, summed over rows) {:.0} MtCO2; a constant-percentage band of the same median width per sector: {:.0}", s.interval_score_95, s.constant_band_interval_score_95);
     for ((sec, e), (_, c)) in s.median_abs_pct_err_by_sector.iter().zip(&s.coverage_95_by_sector) {
         println!("  {:<17} median |err| {:>5.2}  coverage_95 {:.2}", sec.as_str(), e, c);
     }

@@ -89,6 +89,7 @@ fn extract(shared: &std::path::Path, out: &std::path::Path) -> Result<(), Box<dy
     let raw = co2cast_data::bundle::RawSources::at(shared);
     let (inv, months) = raw.load(2005..=2019)?;
     co2cast_data::bundle::write_extract(out, &inv, &months)?;
+    co2cast_data::bundle::write_references(out, &raw.references()?)?;
     eprintln!("wrote {} inventory values and {} monthly proxy values to {}", inv.len(), months.len(), out.display());
     Ok(())
 }

@@ -14,16 +14,37 @@ use std::path::{Path, PathBuf};
 
 pub const INVENTORY_FILE: &str = "inventory/ceads_items.csv";
 pub const PROXIES_FILE: &str = "proxies/monthly.csv";
+pub const REFERENCES_FILE: &str = "references/national_annual.csv";
 
 const EMBEDDED_INVENTORY: &[u8] = include_bytes!("../../../data/inventory/ceads_items.csv");
 const EMBEDDED_PROXIES: &[u8] = include_bytes!("../../../data/proxies/monthly.csv");
+const EMBEDDED_REFERENCES: &[u8] = include_bytes!("../../../data/references/national_annual.csv");
 
-/// Inventory and proxies ready for the model.
+/// Inventory, proxies and national references ready for the model.
 #[derive(Debug, Clone)]
 pub struct Dataset {
     pub inventory: InventoryPanel,
     pub proxies: ProxyPanel,
+    /// National annual totals of other inventories (GCP, Energy Institute); empty when the
+    /// data directory has none.
+    pub references: Vec<co2cast_model::references::NationalReference>,
     pub origin: String,
+}
+
+/// `source,year,mtco2` rows → one series per source.
+pub fn references_from_bytes(file: &Path, bytes: &[u8]) -> Result<Vec<co2cast_model::references::NationalReference>> {
+    let t = Table::from_bytes(file, bytes)?;
+    let (cs, cy, cv) = (t.col("source")?, t.col("year")?, t.col("mtco2")?);
+    let mut by: std::collections::BTreeMap<String, std::collections::BTreeMap<i32, f64>> = Default::default();
+    for i in 0..t.rows.len() {
+        let y: i32 = t.str(i, cy).parse().map_err(|_| DataError::field(file, t.line(i), "year", "not a year"))?;
+        let v = t.f64(i, cv)?;
+        if v <= 0.0 {
+            return Err(DataError::field(file, t.line(i), "mtco2", "not positive"));
+        }
+        by.entry(t.str(i, cs).to_string()).or_default().insert(y, v);
+    }
+    Ok(by.into_iter().map(|(s, v)| proxies::national_reference(&s, v)).collect())
 }
 
 pub fn item_name(item: InventoryItem) -> String {
@@ -100,6 +121,7 @@ pub fn embedded() -> Result<Dataset> {
     Ok(Dataset {
         inventory: inventory_from_bytes(Path::new(INVENTORY_FILE), EMBEDDED_INVENTORY)?,
         proxies: proxies_from_bytes(Path::new(PROXIES_FILE), EMBEDDED_PROXIES)?,
+        references: references_from_bytes(Path::new(REFERENCES_FILE), EMBEDDED_REFERENCES)?,
         origin: "bundled extract (embedded)".into(),
     })
 }
@@ -111,9 +133,16 @@ pub fn load_dir(dir: &Path) -> Result<Dataset> {
         let px_path = dir.join(PROXIES_FILE);
         let inv = std::fs::read(&inv_path).map_err(|e| DataError::io(&inv_path, e))?;
         let px = std::fs::read(&px_path).map_err(|e| DataError::io(&px_path, e))?;
+        let ref_path = dir.join(REFERENCES_FILE);
+        let references = match std::fs::read(&ref_path) {
+            Ok(b) => references_from_bytes(&ref_path, &b)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(DataError::io(&ref_path, e)),
+        };
         return Ok(Dataset {
             inventory: inventory_from_bytes(&inv_path, &inv)?,
             proxies: proxies_from_bytes(&px_path, &px)?,
+            references,
             origin: format!("bundled-format directory {}", dir.display()),
         });
     }
@@ -124,7 +153,7 @@ pub fn load_dir(dir: &Path) -> Result<Dataset> {
         for m in &months {
             px.set_monthly(m.signal, m.scope, m.month, m.value);
         }
-        return Ok(Dataset { inventory: inv, proxies: px, origin: format!("raw sources in {}", dir.display()) });
+        return Ok(Dataset { inventory: inv, proxies: px, references: raw.references()?, origin: format!("raw sources in {}", dir.display()) });
     }
     Err(DataError::content(dir, format!("neither a bundled extract (no {INVENTORY_FILE}) nor a raw data tree (no ceads/raw_xlsx)")))
 }
@@ -141,6 +170,11 @@ impl RawSources {
 
     fn p(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
+    }
+
+    /// The national references (GCP, Energy Institute).
+    pub fn references(&self) -> Result<Vec<co2cast_model::references::NationalReference>> {
+        proxies::load_national_references(&self.p("gcp/gcb2022_china_fossil_co2_territorial_consumption.csv"), &self.p("gcp/energy_institute_statreview2023_china_rows.csv"))
     }
 
     /// Inventory (from the CEADs workbooks, fuel-aware mapping) and monthly proxies.
@@ -183,6 +217,19 @@ fn round_sig(v: f64) -> String {
     }
     let digits = 7 - (v.abs().log10().floor() as i32 + 1);
     format!("{:.*}", digits.max(0) as usize, v)
+}
+
+/// Writes the national references of the extract (`source,year,mtco2`, from 1990).
+pub fn write_references(out: &Path, refs: &[co2cast_model::references::NationalReference]) -> Result<()> {
+    let mut s = String::from("source,year,mtco2\n");
+    for r in refs {
+        for (y, v) in r.values.range(1990..) {
+            let _ = writeln!(s, "{},{y},{}", r.source, round_sig(*v));
+        }
+    }
+    let f = out.join(REFERENCES_FILE);
+    std::fs::create_dir_all(f.parent().expect("has parent")).map_err(|e| DataError::io(&f, e))?;
+    std::fs::write(&f, s).map_err(|e| DataError::io(&f, e))
 }
 
 /// Writes the bundled extract to `out` (inventory and monthly proxies as CSV).

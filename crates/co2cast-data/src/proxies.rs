@@ -320,3 +320,55 @@ pub fn load_wind_fuel_output(path: &Path) -> Result<Vec<ProxyMonth>> {
     }
     difference_ytd(ytd, Sector::Industry, "NBS refinery output via Wind (YTD differenced)", path)
 }
+
+/// The national references of `gcp/`: the Global Carbon Budget 2022's territorial fossil CO2
+/// for China (`year,territorial_mtc,territorial_mtco2,…`), and the Energy Institute's
+/// Statistical Review 2023 `CO2 Emissions from Energy` rows (`sheet,unit,year,value`).
+pub fn load_national_references(gcp_csv: &Path, ei_csv: &Path) -> Result<Vec<co2cast_model::references::NationalReference>> {
+    let t = Table::read(gcp_csv)?;
+    let (cy, cv) = (t.col("year")?, t.col("territorial_mtco2")?);
+    let mut gcp = std::collections::BTreeMap::new();
+    for i in 0..t.rows.len() {
+        let y: i32 = t.str(i, cy).parse().map_err(|_| DataError::field(gcp_csv, t.line(i), "year", "not a year"))?;
+        if t.str(i, cv).is_empty() {
+            continue;
+        }
+        let v = t.f64(i, cv)?;
+        if v > 0.0 {
+            gcp.insert(y, v);
+        }
+    }
+    let t = Table::read(ei_csv)?;
+    let (cs, cu, cy, cv) = (t.col("sheet")?, t.col("unit")?, t.col("year")?, t.col("value")?);
+    let mut ei = std::collections::BTreeMap::new();
+    for i in 0..t.rows.len() {
+        if t.str(i, cs) != "CO2 Emissions from Energy" {
+            continue;
+        }
+        if t.str(i, cu) != "Million tonnes of carbon dioxide" {
+            return Err(DataError::Unit { file: ei_csv.to_path_buf(), field: "unit".into(), found: t.str(i, cu).into(), expected: "Million tonnes of carbon dioxide".into() });
+        }
+        let y: i32 = t.str(i, cy).parse().map_err(|_| DataError::field(ei_csv, t.line(i), "year", "not a year"))?;
+        ei.insert(y, t.f64(i, cv)?);
+    }
+    if gcp.is_empty() || ei.is_empty() {
+        return Err(DataError::content(gcp_csv, "no national reference values"));
+    }
+    Ok(vec![national_reference("gcp", gcp), national_reference("energy_institute", ei)])
+}
+
+/// A reference series with its scope, as co2cast describes it.
+pub fn national_reference(source: &str, values: std::collections::BTreeMap<i32, f64>) -> co2cast_model::references::NationalReference {
+    let (scope, difference) = match source {
+        "gcp" => (
+            "Global Carbon Budget 2022: territorial CO2 from fossil fuels and cement, international bunkers excluded",
+            "built on national energy statistics (the provincial sum CEADs uses runs higher, the 'gigatonne gap'); cement process CO2 from GCP's own factors",
+        ),
+        "energy_institute" => (
+            "Energy Institute Statistical Review 2023: CO2 from burning oil, gas and coal",
+            "energy only: no cement or other process CO2 (CEADs includes cement process, about 0.7-0.8 Gt a year); national energy statistics",
+        ),
+        _ => ("", ""),
+    };
+    co2cast_model::references::NationalReference { source: source.into(), scope: scope.into(), scope_difference: difference.into(), values }
+}

@@ -46,6 +46,20 @@ pub struct BacktestSummary {
     pub median_abs_pct_err_by_sector: Vec<(Sector, f64)>,
     pub coverage_95_by_sector: Vec<(Sector, f64)>,
     pub n_rows: usize,
+    /// 95 % interval score (Gneiting and Raftery 2007: width plus 2/α times any miss, α =
+    /// 0.05), summed over province-sector rows, MtCO2.
+    pub interval_score_95: f64,
+    /// The same score for a constant-percentage band per sector with co2cast's median
+    /// relative half-width in that sector: what the shape of co2cast's bands must beat.
+    pub constant_band_interval_score_95: f64,
+    /// Median 95 % half-width of provincial totals relative to the estimate, percent.
+    pub median_rel_halfwidth_95_totals: f64,
+}
+
+/// The 95 % interval score of one value against a band.
+pub fn interval_score_95(lo: f64, hi: f64, y: f64) -> f64 {
+    let alpha = 0.05;
+    (hi - lo) + 2.0 / alpha * ((lo - y).max(0.0) + (y - hi).max(0.0))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,7 +89,7 @@ pub enum BacktestError {
     Calibration(#[from] CalibrationError),
     #[error("target year {target} must be after base year {base}")]
     TargetNotAfterBase { base: i32, target: i32 },
-    #[error("the inventory has no values for target year {0}")]
+    #[error("the inventory has no values for target year {0} (for years after the last inventory, the backtest compares national totals with the references instead)")]
     NoTarget(i32),
 }
 
@@ -226,6 +240,16 @@ pub fn summarise(rows: &[BacktestRow]) -> BacktestSummary {
             })
             .collect(),
         n_rows: sector_rows.len(),
+        interval_score_95: sector_rows.iter().map(|r| interval_score_95(r.p2_5, r.p97_5, r.inventory_mtco2)).sum(),
+        constant_band_interval_score_95: Sector::ALL
+            .iter()
+            .map(|s| {
+                let v: Vec<&BacktestRow> = sector_rows.iter().copied().filter(|r| r.sector == Some(*s)).collect();
+                let w = median(&v.iter().map(|r| r.rel_halfwidth_95_pct / 100.0).collect::<Vec<_>>());
+                v.iter().map(|r| interval_score_95(r.estimate_mtco2 * (1.0 - w), r.estimate_mtco2 * (1.0 + w), r.inventory_mtco2)).sum::<f64>()
+            })
+            .sum(),
+        median_rel_halfwidth_95_totals: median(&totals.iter().map(|r| r.rel_halfwidth_95_pct).collect::<Vec<_>>()),
     }
 }
 
@@ -244,3 +268,167 @@ mod tests {
         assert!(run(&inv, &px, 2017, 2017, &ModelConfig::default(), EnsembleSettings::default()).is_err());
     }
 }
+
+/// Years after the last inventory: national totals from a base year, their year-to-year
+/// changes beside the national references, and the monthly year-on-year path of the first
+/// year beside the proxies' own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NationalReport {
+    pub base_year: i32,
+    pub model_version: String,
+    pub ensemble: EnsembleSettings,
+    /// The base year's inventory total (30 provinces) and each later year's estimate.
+    pub base_inventory_mtco2: f64,
+    pub years: Vec<NationalYearEstimate>,
+    pub changes: Vec<NationalChange>,
+    /// Month by month, the first estimated year against the base year estimated from the
+    /// inventory year before it (what a user of co2cast would have seen then).
+    pub monthly_yoy: Vec<MonthlyYoY>,
+    pub references: Vec<crate::references::NationalReference>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NationalYearEstimate {
+    pub year: i32,
+    pub horizon_years: u32,
+    pub band: Band,
+    /// The calibration's fitted shares at this horizon.
+    pub calibration_fits: Vec<crate::calibration::ComponentFit>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NationalChange {
+    pub from: i32,
+    pub to: i32,
+    /// co2cast's relative change, percent, with the 95 % band of member-wise ratios.
+    pub estimate_pct: f64,
+    pub p2_5_pct: f64,
+    pub p97_5_pct: f64,
+    /// Each reference's change over the same years, percent (when it has both).
+    pub references: Vec<(String, f64)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MonthlyYoY {
+    pub month: u32,
+    pub estimate_pct: f64,
+    /// National sums of the proxies, month against the same month a year before, percent.
+    pub proxies_pct: Vec<(crate::proxy::Signal, f64)>,
+}
+
+/// National totals of every province and sector for `year`, estimated from `base_year`:
+/// central and joint members (annual), and the central value of each month.
+fn national_year(
+    inventory: &InventoryPanel,
+    proxies: &ProxyPanel,
+    base_year: i32,
+    year: i32,
+    cfg: &ModelConfig,
+    settings: EnsembleSettings,
+) -> Result<(Calibration, f64, Vec<f64>, [f64; 12]), BacktestError> {
+    let calibration = calibrate(inventory, proxies, base_year, (year - base_year) as u32, cfg)?;
+    let (hc, df) = (HolidayCalendar::official(), DayFactorTable::bundled());
+    let base_inv = inventory.up_to(base_year);
+    let est = Estimator { calibration: &calibration, inventory: &base_inv, proxies, calendar: &hc, day_factors: &df };
+    let months: Vec<YearMonth> = (1..=12).map(|m| YearMonth::new(year, m)).collect();
+    let mut central = 0.0;
+    let mut members = vec![0.0; settings.members];
+    let mut by_month = [0.0; 12];
+    for row in est.all_rows(&months, settings) {
+        for (i, d) in row.days.iter().enumerate() {
+            by_month[(d.month() - 1) as usize] += row.central[i];
+        }
+        central += row.central_sum(|_| true);
+        for (a, b) in members.iter_mut().zip(row.member_sums(|_| true)) {
+            *a += b;
+        }
+    }
+    Ok((calibration, central, members, by_month))
+}
+
+/// The national report for the years `base_year + 1 ..= last_year`.
+pub fn national_report(
+    inventory: &InventoryPanel,
+    proxies: &ProxyPanel,
+    references: &[crate::references::NationalReference],
+    base_year: i32,
+    last_year: i32,
+    cfg: &ModelConfig,
+    settings: EnsembleSettings,
+) -> Result<NationalReport, BacktestError> {
+    if last_year <= base_year {
+        return Err(BacktestError::TargetNotAfterBase { base: base_year, target: last_year });
+    }
+    let base_total: f64 = Province::ALL.iter().filter_map(|p| inventory.total(*p, base_year)).sum();
+    if base_total <= 0.0 {
+        return Err(BacktestError::Calibration(CalibrationError::NoBaseYear(base_year)));
+    }
+    let mut years = Vec::new();
+    let mut prev: Option<(i32, f64, Vec<f64>)> = None;
+    let mut changes = Vec::new();
+    let mut first_months = None;
+    for year in base_year + 1..=last_year {
+        let (cal, central, members, by_month) = national_year(inventory, proxies, base_year, year, cfg, settings)?;
+        let (from, c0, m0) = prev.clone().unwrap_or((base_year, base_total, vec![base_total; members.len()]));
+        let ratios: Vec<f64> = members.iter().zip(&m0).map(|(a, b)| (a / b - 1.0) * 100.0).collect();
+        let band = Band::from_members((central / c0 - 1.0) * 100.0, &ratios);
+        changes.push(NationalChange {
+            from,
+            to: year,
+            estimate_pct: band.central,
+            p2_5_pct: band.p2_5,
+            p97_5_pct: band.p97_5,
+            references: references.iter().filter_map(|r| r.change(from, year).map(|c| (r.source.clone(), c * 100.0))).collect(),
+        });
+        if first_months.is_none() {
+            first_months = Some(by_month);
+        }
+        years.push(NationalYearEstimate { year, horizon_years: (year - base_year) as u32, band: Band::from_members(central, &members), calibration_fits: cal.fits });
+        prev = Some((year, central, members));
+    }
+    // The base year as estimated from the year before, month by month.
+    let first = base_year + 1;
+    let monthly_yoy = match (first_months, national_year(inventory, proxies, base_year - 1, base_year, cfg, settings)) {
+        (Some(now), Ok((_, _, _, before))) => (1..=12u32)
+            .map(|m| {
+                let i = (m - 1) as usize;
+                let proxies_pct = NATIONAL_SIGNALS
+                    .iter()
+                    .filter_map(|s| {
+                        let sum = |y: i32| -> Option<f64> {
+                            let ym = YearMonth::new(y, m);
+                            let v: f64 = proxies.iter_monthly().filter(|(sig, _, mm, _)| sig == s && *mm == ym).map(|x| x.3).sum();
+                            (v > 0.0).then_some(v)
+                        };
+                        Some((*s, (sum(first)? / sum(base_year)? - 1.0) * 100.0))
+                    })
+                    .collect();
+                MonthlyYoY { month: m, estimate_pct: (now[i] / before[i] - 1.0) * 100.0, proxies_pct }
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(NationalReport {
+        base_year,
+        model_version: MODEL_VERSION.to_string(),
+        ensemble: settings,
+        base_inventory_mtco2: base_total,
+        years,
+        changes,
+        monthly_yoy,
+        references: references.to_vec(),
+    })
+}
+
+/// Proxies whose national sums the monthly report sets beside the estimate.
+const NATIONAL_SIGNALS: [crate::proxy::Signal; 9] = [
+    crate::proxy::Signal::ThermalGeneration,
+    crate::proxy::Signal::ElectricityConsumption,
+    crate::proxy::Signal::Cement,
+    crate::proxy::Signal::PigIron,
+    crate::proxy::Signal::HighwayFreight,
+    crate::proxy::Signal::HighwayPassengers,
+    crate::proxy::Signal::DieselOutput,
+    crate::proxy::Signal::AviationPassengers,
+    crate::proxy::Signal::KeroseneOutput,
+];

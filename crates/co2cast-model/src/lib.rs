@@ -13,6 +13,7 @@ pub mod domain;
 pub mod estimate;
 pub mod inventory;
 pub mod proxy;
+pub mod references;
 pub mod series;
 pub mod testkit;
 
