@@ -206,6 +206,8 @@ pub struct ModelConfig {
     /// heavy-tailed, but a member 300 times its estimate is not a physical possibility.
     pub member_log_error_cap_sd: f64,
     pub max_row_log_sd: f64,
+    /// Largest widening of a sector's scales by its tail calibration.
+    pub max_tail_factor: f64,
 }
 
 impl Default for ModelConfig {
@@ -297,6 +299,7 @@ impl Default for ModelConfig {
             fit_ratio_cap: 0.3,
             member_log_error_cap_sd: 3.5,
             max_row_log_sd: 0.35,
+            max_tail_factor: 1.5,
         }
     }
 }
@@ -351,6 +354,8 @@ pub struct RowScale {
     pub common_sd_per_year: f64,
     /// Residual years behind the province-specific scale.
     pub n_years: usize,
+    /// Widening applied so that held-out residuals of the window are covered (≥ 1).
+    pub tail_factor: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -668,11 +673,26 @@ fn residual_scales(
         // one inventory jump does not become a scale, shrunk towards the pooled scale.
         let cap = 3.0 * pooled_sd;
         let n0 = cfg.shrinkage_years;
+        let shrunk_sd = |u: &[f64], leave_out: Option<usize>| -> f64 {
+            let kept: Vec<f64> = u.iter().enumerate().filter(|(i, _)| Some(*i) != leave_out).map(|(_, x)| x.clamp(-cap, cap)).collect();
+            let n = kept.len() as f64;
+            let ms = if kept.is_empty() { 0.0 } else { kept.iter().map(|x| x * x).sum::<f64>() / n };
+            ((n * ms + n0 * pooled_sd * pooled_sd) / (n + n0)).sqrt()
+        };
+        // Tail calibration: each residual over its province's scale estimated without it
+        // (leave-one-out); the sector's scales widen by the factor that puts 95 % of those
+        // inside ±1.96, bounded to 1-1.5 (the scales themselves are robust, so one jump
+        // widens a little, never by a multiple).
+        let mut standardised = Vec::new();
+        for u in idio.values() {
+            for i in 0..u.len() {
+                standardised.push(u[i].abs() / shrunk_sd(u, Some(i)));
+            }
+        }
+        let tail_factor = if standardised.len() >= 20 { (robust::quantile(&standardised, 0.95) / 1.96).clamp(1.0, cfg.max_tail_factor) } else { 1.0 };
         for p in Province::ALL {
-            let u: Vec<f64> = idio.get(&p).cloned().unwrap_or_default().into_iter().map(|x| x.clamp(-cap, cap)).collect();
-            let n = u.len() as f64;
-            let ms = if u.is_empty() { 0.0 } else { u.iter().map(|x| x * x).sum::<f64>() / n };
-            let idio_sd = ((n * ms + n0 * pooled_sd * pooled_sd) / (n + n0)).sqrt().min(cfg.max_row_log_sd);
+            let u: Vec<f64> = idio.get(&p).cloned().unwrap_or_default();
+            let idio_sd = (shrunk_sd(&u, None) * tail_factor).min(cfg.max_row_log_sd);
             let base_sd = cfg.base_inventory_rel_sd.min(idio_sd * 0.9);
             // The k-year residual mixes drift with inventory noise; keep a floor on drift.
             let drift_sd = (idio_sd * idio_sd - base_sd * base_sd).max((0.3 * idio_sd).powi(2)).sqrt();
@@ -680,7 +700,13 @@ fn residual_scales(
             let per_year = (k as f64).sqrt();
             out.insert(
                 (p, sector),
-                RowScale { base_sd, drift_sd_per_year: drift_sd / per_year, common_sd_per_year: common_sd.min(cfg.max_row_log_sd) / per_year, n_years: u.len() },
+                RowScale {
+                    base_sd,
+                    drift_sd_per_year: drift_sd / per_year,
+                    common_sd_per_year: common_sd.min(cfg.max_row_log_sd) / per_year,
+                    n_years: u.len(),
+                    tail_factor,
+                },
             );
         }
     }
