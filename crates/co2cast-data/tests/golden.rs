@@ -72,3 +72,42 @@ fn pipeline_default_model_file_is_the_built_in_default() {
     let unknown = r#"{"components": [], "fit_first_year": 2006, "typo_field": 1}"#;
     assert!(serde_json::from_str::<ModelConfig>(unknown).is_err(), "unknown fields must be rejected");
 }
+
+/// Every proxy the model is configured with follows it after calibration on each base year
+/// 2016-2019 of the real (bundled) data: no positive prior is fitted away to zero.
+#[test]
+fn every_configured_proxy_keeps_a_positive_share_on_each_base_year() {
+    let data = co2cast_data::embedded().unwrap();
+    let cfg = ModelConfig::default();
+    for base in 2016..=2019 {
+        let cal = co2cast_model::calibration::calibrate(&data.inventory, &data.proxies, base, 1, &cfg).unwrap();
+        for (spec, fit) in cfg.components.iter().zip(&cal.fits) {
+            for (d, f) in spec.drivers.iter().zip(&fit.drivers) {
+                assert!(f.se > 0.0 && f.se.is_finite(), "{base} {}: {f:?}", spec.name());
+                if d.prior_share > 0.0 {
+                    assert!(f.phi > 0.0, "base {base}, {} / {:?}: share {} (prior {})", spec.name(), d.signals, f.phi, d.prior_share);
+                }
+            }
+        }
+    }
+}
+
+/// The national report over the shock on the committed small extract (8 provinces, proxies to
+/// 2021): recomputed and compared with its recorded output.
+#[test]
+fn golden_national_report_across_2020_matches() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/backtest_small");
+    let data = co2cast_data::load_dir(&dir).unwrap();
+    let refs = co2cast_data::embedded().unwrap().references;
+    let report = co2cast_model::backtest::national_report(&data.inventory, &data.proxies, &refs, 2019, 2021, &ModelConfig::default(), EnsembleSettings { members: 100, seed: 7 }).unwrap();
+    assert_eq!(report.changes.len(), 2);
+    assert_eq!(report.monthly_yoy.len(), 12);
+    let mut got = serde_json::to_value(&report).unwrap();
+    got["model_version"] = serde_json::Value::Null;
+    let path = dir.join("expected_national_2019_2021.json");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
+    }
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(same(&got, &expected), "national report differs from {}", path.display());
+}

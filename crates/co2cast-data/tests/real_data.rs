@@ -172,3 +172,44 @@ fn passengers_airports_and_coal_load() {
     // Jan–Nov YTD 2019 for Hebei: 8,808 × 1e4 t (December is not published in this series).
     assert!((hebei_2019 / 8.808e7 - 1.0).abs() < 1e-6, "{hebei_2019}");
 }
+
+/// The loaders of issue 13's provincial signals, on the real files.
+#[test]
+fn new_provincial_signals_load_from_the_real_files() {
+    let Some(d) = shared() else { return };
+    let wind = d.join("crea_china_co2/wind_format_raw");
+    // Electricity consumption, 1e8 kWh monthly → GWh: Guangdong, July 2019 = 680.0 × 1e8 kWh.
+    let ec = proxies::load_wind_electricity_consumption(&wind.join("Electricity_Consumption_by_province_2023.csv")).unwrap();
+    let gd = ec.iter().find(|m| m.scope == Scope::Province(Province::Guangdong) && m.month == YearMonth::new(2019, 7)).unwrap();
+    assert!((gd.value - 68_000.0).abs() < 2_000.0, "{}", gd.value);
+    assert!(ec.iter().any(|m| m.month == YearMonth::new(2024, 12)), "consumption runs to December 2024");
+    assert_eq!(ec.iter().filter(|m| m.month == YearMonth::new(2019, 7)).count(), 31);
+    // Annual registers, every month of a year carries the year's level.
+    let vs = proxies::load_annual_register(&d.join("misc/vehicle_stock_by_province.csv"), Signal::VehicleStock, 1.0e4, "t").unwrap();
+    let sh: Vec<f64> = vs.iter().filter(|m| m.scope == Scope::Province(Province::Shanghai) && m.month.year == 2019).map(|m| m.value).collect();
+    assert_eq!(sh.len(), 12);
+    assert!(sh.iter().all(|v| (v - 4_138_172.0).abs() < 1.0), "{sh:?}");
+    let ha = proxies::load_annual_register(&d.join("misc/heating_area_by_province.csv"), Signal::HeatingArea, 1.0e8, "t").unwrap();
+    let national_2019: f64 = ha.iter().filter(|m| m.month == YearMonth::new(2019, 12)).map(|m| m.value).sum();
+    assert!((national_2019 / 1e8 - 92.5).abs() < 0.5, "China's district-heated area 2019: {national_2019}");
+    // Unpublished zeros are left out (2022 is all zero in the file).
+    assert!(ha.iter().all(|m| m.month.year < 2022));
+    // CAAC throughput by region, spread to the region's provinces.
+    let caac = bundle::RawSources::at(&d);
+    let air = co2cast_data::activity::load_caac_throughput(&caac.root.join("misc/caac_passenger_throughput_by_region.csv"), &caac.root.join("misc/caac_airport_regions.csv")).unwrap();
+    assert!(air.iter().all(|m| m.signal == Signal::AirportPassengers));
+    let (he, hb) = (Scope::Province(Province::Hebei), Scope::Province(Province::Hubei));
+    let m = YearMonth::new(2019, 7);
+    let v = |s| air.iter().find(|x| x.scope == s && x.month == m).map(|x| x.value);
+    assert!(v(he).is_some() && v(hb).is_some());
+    // Fuel output, YTD in 1e4 t → monthly t: 2019 diesel ≈ 166 Mt.
+    let fuel = proxies::load_wind_fuel_output(&wind.join("monthly_industry_stats.csv")).unwrap();
+    let diesel_2019: f64 = fuel.iter().filter(|m| m.signal == Signal::DieselOutput && m.month.year == 2019).map(|m| m.value).sum();
+    assert!((diesel_2019 / 1e6 - 166.4).abs() < 0.5, "{diesel_2019}");
+    // National references: GCP 2019 = 10,741 MtCO2; Energy Institute 2022 = 10,550.
+    let refs = caac.references().unwrap();
+    let gcp = refs.iter().find(|r| r.source == "gcp").unwrap();
+    assert!((gcp.values[&2019] - 10_741.0).abs() < 1.0 && gcp.last_year() == Some(2021));
+    let ei = refs.iter().find(|r| r.source == "energy_institute").unwrap();
+    assert!((ei.values[&2022] - 10_550.2).abs() < 0.5 && !ei.scope_difference.is_empty());
+}

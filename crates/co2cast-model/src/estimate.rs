@@ -24,7 +24,7 @@ use crate::domain::{FuelGroup, Province, Sector};
 use crate::inventory::InventoryPanel;
 use crate::proxy::{ProxyPanel, Scope, Signal};
 use crate::series::YearMonth;
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use rand::SeedableRng;
 use rand::distr::Distribution;
 use rand::rngs::ChaCha8Rng;
@@ -388,9 +388,9 @@ impl<'a> Estimator<'a> {
     }
 
     /// Central path and `settings.members` ensemble members for one row over `months`
-    /// (consecutive). Days follow a smooth path through the monthly totals (Denton, with
-    /// the month before and after the span as neighbours, so that paths also join across
-    /// the ends of the span), shaped by the calendar or a daily proxy.
+    /// (consecutive). Days follow a smooth path through the monthly totals (Denton, each
+    /// month with its neighbours, the month before and after the span included, so that
+    /// paths also join across the ends of the span), shaped by the calendar or a daily proxy.
     pub fn row(&self, p: Province, s: Sector, months: &[YearMonth], settings: EnsembleSettings) -> Option<RowEnsemble> {
         let cfg = &self.calibration.config;
         let comps: Vec<(usize, &ComponentSpec)> = cfg.components.iter().enumerate().filter(|(_, c)| c.sector() == s).collect();
@@ -429,7 +429,7 @@ impl<'a> Estimator<'a> {
             lengths.push(ind.len());
             indicator.extend(ind);
         }
-        let path = crate::series::disaggregate::denton(&totals, &lengths, &indicator);
+        let path = crate::series::disaggregate::denton_local(&totals, &lengths, &indicator);
         let central: Vec<f64> = path[neighbour_days.0..path.len() - neighbour_days.1].to_vec();
         debug_assert_eq!(central.len(), days.len());
         let members = draw_members(p, s, &scale, self.base_year(), &days, &day_month, &infos, &central, cfg, settings);
@@ -485,6 +485,11 @@ fn seasonal_prior(s: Sector, p: Province, month: u32) -> f64 {
 
 const TAG_ROW: u64 = 0x524f_5752_4f57_0001;
 const TAG_COMMON: u64 = 0x434f_4d4d_4f4e_0002;
+/// Nowcast walk and day-shape noise draw from streams of their own (per row, member and
+/// year): a month turning from nowcast to observed consumes fewer walk draws, and must not
+/// shift the shape noise of every other day (which would revise the whole year).
+const TAG_NOWCAST: u64 = 0x4e4f_5743_4153_0003;
+const TAG_SHAPE: u64 = 0x5348_4150_4553_0004;
 
 /// SplitMix64 finaliser, used to derive independent stream seeds from keys.
 fn mix(mut z: u64) -> u64 {
@@ -551,21 +556,24 @@ fn draw_members(
             let mut nowcast = vec![0.0; months.len()];
             let mut walk = 0.0;
             let mut last_ahead = 0;
+            let key = |tag| stream(settings.seed, tag, &[p.nbs_code() as u64, s.index() as u64, base_year as u64, j as u64, days.first().map_or(0, |d| d.year()) as u64]);
+            let mut walk_rng = key(TAG_NOWCAST);
+            let mut shape_rng = key(TAG_SHAPE);
             for (i, m) in months.iter().enumerate() {
                 if m.nowcast_months > last_ahead {
                     for _ in last_ahead..m.nowcast_months {
-                        walk += nc_sd * n.sample(&mut rng);
+                        walk += nc_sd * n.sample(&mut walk_rng);
                     }
                     last_ahead = m.nowcast_months;
                 }
                 nowcast[i] = if m.nowcast_months > 0 { walk } else { 0.0 };
             }
             // AR(1) shape noise, renormalised within each month.
-            let mut eta = noise_sd * n.sample(&mut rng);
+            let mut eta = noise_sd * n.sample(&mut shape_rng);
             let mut shape = vec![0.0; days.len()];
             for d in 0..days.len() {
                 if d > 0 {
-                    eta = rho * eta + innovation_sd * n.sample(&mut rng);
+                    eta = rho * eta + innovation_sd * n.sample(&mut shape_rng);
                 }
                 shape[d] = eta.exp();
             }

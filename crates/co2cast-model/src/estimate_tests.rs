@@ -92,3 +92,35 @@ fn missing_months_become_nowcasts_with_wider_bands() {
     let w = |d: &DailyEstimate| (d.p97_5 - d.p2_5) / d.value_mtco2;
     assert!(w(dec) > w(june), "nowcast band {} vs observed {}", w(dec), w(june));
 }
+
+/// `years_reading` is what a streaming job re-estimates when a value changes: a changed
+/// monthly value (not a series' latest month) changes no estimate of a year it does not list.
+#[test]
+fn a_changed_value_changes_only_the_years_that_read_it() {
+    let (inv, px) = synthetic_world(0.8, 0.02, 3);
+    let (hc, df) = (HolidayCalendar::official(), DayFactorTable::bundled());
+    let inv_years = inv.years();
+    let estimate = |panel: &ProxyPanel, year: i32| -> Vec<f64> {
+        let base = base_year_for(year, &inv_years).unwrap();
+        let cal = calibrate(&inv, panel, base, (year - base) as u32, &ModelConfig::default()).unwrap();
+        let base_inv = inv.up_to(base);
+        let est = Estimator { calibration: &cal, inventory: &base_inv, proxies: panel, calendar: &hc, day_factors: &df };
+        let row = est.row(Province::Hebei, Sector::Power, &months(year), EnsembleSettings { members: 20, seed: 1 }).unwrap();
+        row.central.iter().chain(row.members.iter().flatten()).copied().collect()
+    };
+    for changed in [2016, 2017, 2018] {
+        let mut px2 = px.clone();
+        let m = YearMonth::new(changed, 6);
+        let scope = crate::proxy::Scope::Province(Province::Hebei);
+        px2.set_monthly(crate::proxy::Signal::ThermalGeneration, scope, m, px.monthly(crate::proxy::Signal::ThermalGeneration, scope, m).unwrap() * 1.3);
+        let reading = years_reading(changed, &inv_years, 2020);
+        let mut moved = Vec::new();
+        for year in 2014..=2020 {
+            if estimate(&px, year) != estimate(&px2, year) {
+                moved.push(year);
+                assert!(reading.contains(&year), "a change in {changed} moved {year}, which years_reading({changed}) = {reading:?} leaves out");
+            }
+        }
+        assert!(moved.contains(&changed), "the changed year itself moved: {moved:?}");
+    }
+}

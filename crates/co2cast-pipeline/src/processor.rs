@@ -676,6 +676,11 @@ impl Processor {
                         // Every year whose estimate reads values of year y.
                         let last = self.latest_event_year().unwrap_or(y as i32);
                         for year in co2cast_model::estimate::years_reading(y as i32, &self.inventory_years, last) {
+                            // The year before reads only January (its December's days run into
+                            // it): re-estimated when it has estimates, never started for it.
+                            if year < y as i32 && !self.ckpt.national.contains_key(&year) {
+                                continue;
+                            }
                             self.ckpt.dirty.entry(year).or_insert(Dirty::Provinces(0)).add(v.scope);
                         }
                         self.marked_year[slot] = Some((shanghai_year_start(y), shanghai_year_start(y + 1)));

@@ -322,4 +322,34 @@ mod tests {
         assert_eq!(days_of_year(2019).count(), 365);
         assert_eq!(spring_festival_offset(NaiveDate::from_ymd_opt(2019, 2, 1).unwrap()), Some(-4));
     }
+
+    #[test]
+    fn provincial_suspensions_of_2020_hold_activity_and_shift_the_january_february_split() {
+        use crate::domain::{Province, Sector};
+        let cal = HolidayCalendar::official();
+        let d = |m, day| NaiveDate::from_ymd_opt(2020, m, day).unwrap();
+        assert!(cal.suspensions().len() >= 24 && cal.suspensions().iter().all(|s| !s.source.is_empty()));
+        assert_eq!(cal.work_state(Province::Guangdong, d(2, 5)), WorkState::Suspended);
+        assert!(matches!(cal.work_state(Province::Guangdong, d(2, 20)), WorkState::Recovering(x) if x > 0.3 && x < 0.5));
+        assert_eq!(cal.work_state(Province::Guangdong, d(4, 1)), WorkState::Normal);
+        assert_eq!(cal.work_state(Province::Hubei, d(3, 1)), WorkState::Suspended);
+        assert!(matches!(cal.work_state(Province::Hubei, d(3, 20)), WorkState::Recovering(_)));
+        // No provincial extension found for Gansu: the national calendar alone.
+        assert_eq!(cal.work_state(Province::Gansu, d(2, 5)), WorkState::Normal);
+        // The combined January-February release: February's share of industrial activity
+        // days is smaller in Hubei than under the statutory calendar alone, and smaller there
+        // than in Guangdong.
+        let f = DayFactorTable::bundled();
+        let share = |p: Option<Province>| {
+            let w = |m: u32| -> f64 {
+                days_of_month(2020, m).map(|day| p.map_or_else(|| f.factor(Sector::Industry, &cal, day), |p| f.factor_in(Sector::Industry, &cal, p, day))).sum()
+            };
+            w(2) / (w(1) + w(2))
+        };
+        let (national, guangdong, hubei) = (share(None), share(Some(Province::Guangdong)), share(Some(Province::Hubei)));
+        assert!(hubei < guangdong && guangdong < national, "{hubei} {guangdong} {national}");
+        // Other years are untouched.
+        let y19 = NaiveDate::from_ymd_opt(2019, 2, 20).unwrap();
+        assert_eq!(f.factor_in(Sector::Industry, &cal, Province::Hubei, y19), f.factor(Sector::Industry, &cal, y19));
+    }
 }

@@ -98,6 +98,26 @@ pub fn denton(totals: &[f64], lengths: &[usize], indicator: &[f64]) -> Vec<f64> 
     x
 }
 
+/// Daily values for consecutive months, each month's days taken from the Denton path through
+/// it and its two neighbours. Smooth across boundaries like [`denton`], and local: a month's
+/// total moves only its own days and its neighbours' (a path through a whole year would move
+/// every day of it, and a streaming job would revise the year for each new month).
+pub fn denton_local(totals: &[f64], lengths: &[usize], indicator: &[f64]) -> Vec<f64> {
+    let starts: Vec<usize> = lengths.iter().scan(0, |acc, l| {
+        let s = *acc;
+        *acc += l;
+        Some(s)
+    }).collect();
+    let mut out = Vec::with_capacity(indicator.len());
+    for i in 0..totals.len() {
+        let (lo, hi) = (i.saturating_sub(1), (i + 1).min(totals.len() - 1));
+        let window = denton(&totals[lo..=hi], &lengths[lo..=hi], &indicator[starts[lo]..starts[hi] + lengths[hi]]);
+        let offset = starts[i] - starts[lo];
+        out.extend_from_slice(&window[offset..offset + lengths[i]]);
+    }
+    out
+}
+
 /// Gaussian elimination with partial pivoting on a small dense system.
 fn solve_dense(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
     let n = b.len();
@@ -179,7 +199,7 @@ mod tests {
                 if i > 0 { rate *= 1.0 + changes[i - 1]; }
                 totals.push(rate * *l as f64);
             }
-            let x = denton(&totals, &lengths, &f);
+            for x in [denton(&totals, &lengths, &f), denton_local(&totals, &lengths, &f)] {
             let mut start = 0;
             for (t, l) in totals.iter().zip(&lengths) {
                 let s: f64 = x[start..start + l].iter().sum();
@@ -200,6 +220,24 @@ mod tests {
                     prop_assert!((after - before).abs() <= 2.0 * largest + 0.01 * before, "boundary at day {}: {} → {} (largest inside {})", b, before, after, largest);
                 }
                 start += w[0];
+            }
+            }
+        }
+
+        /// A month's total moves only its own days and its neighbours'.
+        #[test]
+        fn a_month_moves_only_its_neighbourhood(month in 0usize..12, factor in 0.5f64..2.0) {
+            let (lengths, f, _) = calendar(2019, 1, 12, Sector::Industry);
+            let totals: Vec<f64> = lengths.iter().map(|l| 3.0 * *l as f64).collect();
+            let mut changed = totals.clone();
+            changed[month] *= factor;
+            let (a, b) = (denton_local(&totals, &lengths, &f), denton_local(&changed, &lengths, &f));
+            let mut start = 0;
+            for (i, l) in lengths.iter().enumerate() {
+                if i + 1 < month || i > month + 1 {
+                    prop_assert_eq!(&a[start..start + l], &b[start..start + l], "month {} moved by month {}", i, month);
+                }
+                start += l;
             }
         }
 
