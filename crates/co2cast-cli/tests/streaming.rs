@@ -213,9 +213,19 @@ fn sigkill_at_seeded_random_moments_gives_the_estimates_of_an_uninterrupted_run(
     let c = &summary["counters"];
     assert_eq!(c["received"].as_u64().unwrap(), records.len() as u64, "every message counted once: {c}");
     assert_eq!(c["received"], c["accepted"]);
-    assert_same(&straight, &latest_with_kcat(&brokers_b));
-    assert_same(&straight_lake, &latest_in_lake(&lake));
-    assert_same(&straight, &straight_lake);
+    // The lake holds every row's latest vintage: all columns, every row.
+    let killed_lake = latest_in_lake(&lake);
+    assert_eq!(killed_lake.len(), 19 * 730, "3 provinces × 6 sectors + national, 2018-2019");
+    assert_same(&straight_lake, &killed_lake);
+    // The mock broker keeps a bounded log per partition and drops its oldest messages, so a
+    // key published only early may be gone; a key still there ends at its newest revision,
+    // which must say what the lake says, in both runs.
+    let killed_kafka = latest_with_kcat(&brokers_b);
+    for kafka in [&straight, &killed_kafka] {
+        assert!(kafka.len() * 2 > killed_lake.len(), "the broker kept too little to compare: {} keys", kafka.len());
+        let lake_part: BTreeMap<String, serde_json::Value> = kafka.keys().map(|k| (k.clone(), killed_lake[k].clone())).collect();
+        assert_same(kafka, &lake_part);
+    }
     drop((a, b));
 }
 
