@@ -100,9 +100,11 @@ fn a_changed_value_changes_only_the_years_that_read_it() {
     let (inv, px) = synthetic_world(0.8, 0.02, 3);
     let (hc, df) = (HolidayCalendar::official(), DayFactorTable::bundled());
     let inv_years = inv.years();
+    // As in the streaming job: the calibration comes from the bundled history, the estimate
+    // from the history overlaid with what arrived.
     let estimate = |panel: &ProxyPanel, year: i32| -> Vec<f64> {
         let base = base_year_for(year, &inv_years).unwrap();
-        let cal = calibrate(&inv, panel, base, (year - base) as u32, &ModelConfig::default()).unwrap();
+        let cal = calibrate(&inv, &px, base, (year - base) as u32, &ModelConfig::default()).unwrap();
         let base_inv = inv.up_to(base);
         let est = Estimator { calibration: &cal, inventory: &base_inv, proxies: panel, calendar: &hc, day_factors: &df };
         let row = est.row(Province::Hebei, Sector::Power, &months(year), EnsembleSettings { members: 20, seed: 1 }).unwrap();

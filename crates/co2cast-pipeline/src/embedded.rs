@@ -8,6 +8,11 @@ use rdkafka::producer::DefaultProducerContext;
 
 /// Partitions per proxy topic in the embedded cluster.
 pub const PARTITIONS: i32 = 4;
+/// Partitions of the estimates topic in the embedded cluster. The mock broker keeps at most
+/// 5 MB per partition and drops the oldest messages beyond that; the estimates topic carries
+/// every revision, so it gets more partitions (80 MB). The lake keeps every vintage whatever
+/// the broker drops.
+pub const ESTIMATE_PARTITIONS: i32 = 16;
 
 /// Starts a mock cluster with the proxy, DLQ and estimate topics created. It lives as long
 /// as the returned value (which must stay on the thread that created it).
@@ -21,7 +26,7 @@ pub fn start_cluster_with(topics: &TopicNames) -> Result<MockCluster<'static, De
         cluster.create_topic(t, PARTITIONS, 1)?;
     }
     cluster.create_topic(&topics.dead_letter, 1, 1)?;
-    cluster.create_topic(&topics.estimates_daily, PARTITIONS, 1)?;
+    cluster.create_topic(&topics.estimates_daily, ESTIMATE_PARTITIONS, 1)?;
     Ok(cluster)
 }
 
