@@ -3,6 +3,7 @@
 mod backtest;
 mod config;
 mod estimate;
+mod operations;
 mod produce;
 mod plot;
 mod run;
@@ -79,7 +80,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Pipeline errors say whose they are (a setting, a broker or disk, co2cast itself).
+            match e.downcast_ref::<co2cast_pipeline::processor::PipelineError>() {
+                Some(p) => eprintln!("error ({}): {e}", p.domain().as_str()),
+                None => eprintln!("error: {e}"),
+            }
             ExitCode::FAILURE
         }
     }

@@ -50,6 +50,8 @@ pub struct Args {
     no_sql: bool,
     #[command(flatten)]
     sql: crate::sql::SqlFlags,
+    #[command(flatten)]
+    metrics: crate::operations::MetricsFlags,
 }
 
 pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -84,6 +86,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     } else if brokers.is_none() && cfg.lake_dir.is_none() {
         cfg.lake_dir = Some(PathBuf::from("lake"));
     }
+    a.metrics.start(a.quiet)?;
     // The SQL endpoint, while the job runs (and after, until interrupted).
     let sql_thread = match (&cfg.lake_dir, a.no_sql) {
         (Some(lake), false) => {

@@ -33,6 +33,8 @@ pub struct ServeArgs {
     lake: PathBuf,
     #[command(flatten)]
     sql: SqlFlags,
+    #[command(flatten)]
+    metrics: crate::operations::MetricsFlags,
 }
 
 /// Flags of the SQL endpoint (shared by `serve` and `run`).
@@ -183,12 +185,21 @@ pub fn query(a: QueryArgs) -> Result<(), Box<dyn std::error::Error>> {
 pub async fn serve_lake(lake: PathBuf, cfg: SqlServerConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
     std::fs::create_dir_all(&lake).map_err(|e| format!("{}: {e}", lake.display()))?;
     let ctx = co2cast_sql::session(&lake, &cfg.limits()).await.map_err(|e| e.to_string())?;
+    // Ready once the lake's tables are registered (they are re-read twice a second).
+    let registered = Arc::new(AtomicBool::new(false));
+    {
+        let registered = registered.clone();
+        co2cast_metrics::health::set_check("sql", move || {
+            if registered.load(Ordering::Acquire) { Ok(()) } else { Err("the lake's tables are not registered yet".into()) }
+        });
+    }
     let refresher = {
         let (ctx, lake, stop) = (ctx.clone(), lake.clone(), stop.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                if let Err(e) = co2cast_sql::register_tables(&ctx, &lake).await {
-                    tracing::warn!(message = "Registering lake tables failed.", error = %e);
+                match co2cast_sql::register_tables(&ctx, &lake).await {
+                    Ok(_) => registered.store(true, Ordering::Release),
+                    Err(e) => tracing::warn!(message = "Registering lake tables failed.", error = %e),
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
@@ -219,6 +230,7 @@ pub fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let cfg = a.sql.config()?;
     cfg.validate().map_err(|e| format!("SQL endpoint: {e}"))?;
+    a.metrics.start(false)?;
     let login = match (&cfg.auth, &cfg.tls) {
         (Some(u), Some(_)) => format!(" -U {} 'sslmode=require'", u.user),
         (Some(u), None) => format!(" -U {}", u.user),

@@ -23,7 +23,7 @@ fn lake() -> &'static Lake {
         let _ = std::fs::remove_dir_all(&root);
         let dir = root.join("lake");
         let out = Command::new(BIN)
-            .args(["run", "--exit-when-idle", "--quiet", "--json", "--no-sql", "--members", "60", "--provinces", "CN-HE,CN-BJ,CN-GD"])
+            .args(["run", "--metrics-listen", "127.0.0.1:0", "--exit-when-idle", "--quiet", "--json", "--no-sql", "--members", "60", "--provinces", "CN-HE,CN-BJ,CN-GD"])
             .arg("--lake")
             .arg(&dir)
             .arg("--state-dir")
@@ -115,7 +115,7 @@ fn serve() -> Server {
 fn serve_with(extra: &[&str], login: &Login) -> Server {
     let port = free_port();
     let child = Command::new(BIN)
-        .args(["serve", "--sql-port", &port.to_string(), "--query-timeout-ms", "20000", "--lake"])
+        .args(["serve", "--metrics-listen", "127.0.0.1:0", "--sql-port", &port.to_string(), "--query-timeout-ms", "20000", "--lake"])
         .arg(&lake().dir)
         .args(extra)
         .env_remove("CO2CAST_SQL_PASSWORD")
@@ -327,7 +327,7 @@ fn password_authentication_and_tls_fail_closed() {
     for (c, k) in [(&garbage, &key), (&cert, &garbage), (&cert, &dir.join("missing.pem"))] {
         let port = free_port();
         let out = Command::new(BIN)
-            .args(["serve", "--lake", &lake, "--sql-port", &port.to_string(), "--sql-tls-cert", c.to_str().unwrap(), "--sql-tls-key", k.to_str().unwrap()])
+            .args(["serve", "--metrics-listen", "127.0.0.1:0", "--lake", &lake, "--sql-port", &port.to_string(), "--sql-tls-cert", c.to_str().unwrap(), "--sql-tls-key", k.to_str().unwrap()])
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -337,7 +337,7 @@ fn password_authentication_and_tls_fail_closed() {
     }
     // The same failure in `run`, before any work is done.
     let out = Command::new(BIN)
-        .args(["run", "--exit-when-idle", "--quiet", "--lake"])
+        .args(["run", "--metrics-listen", "127.0.0.1:0", "--exit-when-idle", "--quiet", "--lake"])
         .arg(dir.join("run-lake"))
         .args(["--sql-tls-cert", garbage.to_str().unwrap(), "--sql-tls-key", key.to_str().unwrap(), "--sql-port", &free_port().to_string()])
         .output()
@@ -363,7 +363,7 @@ fn password_authentication_and_tls_fail_closed() {
     // Without TLS the password is still required; the environment variable works too.
     let port = free_port();
     let child = Command::new(BIN)
-        .args(["serve", "--lake", &lake, "--sql-port", &port.to_string(), "--sql-user", "analyst", "--max-connections", "1"])
+        .args(["serve", "--metrics-listen", "127.0.0.1:0", "--lake", &lake, "--sql-port", &port.to_string(), "--sql-user", "analyst", "--max-connections", "1"])
         .env("CO2CAST_SQL_PASSWORD", "from-env")
         .stderr(Stdio::null())
         .spawn()
@@ -627,7 +627,7 @@ with psycopg.connect(sys.argv[1], autocommit=True) as a, psycopg.connect(sys.arg
 fn idle_sockets_do_not_lock_clients_out() {
     let port = free_port();
     let child = Command::new(BIN)
-        .args(["serve", "--lake"])
+        .args(["serve", "--metrics-listen", "127.0.0.1:0", "--lake"])
         .arg(&lake().dir)
         .args(["--sql-port", &port.to_string(), "--max-connections", "4"])
         .stderr(Stdio::null())

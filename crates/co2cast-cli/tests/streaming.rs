@@ -27,7 +27,7 @@ fn tempdir(name: &str) -> PathBuf {
 
 fn run_cmd(brokers: &str, state: &std::path::Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_co2cast"));
-    c.args(["run", "--brokers", brokers, "--exit-when-idle", "--quiet", "--json", "--members", "60", "--checkpoint-every", "300", "--provinces", PROVINCES, "--no-sql"])
+    c.args(["run", "--metrics-listen", "127.0.0.1:0", "--brokers", brokers, "--exit-when-idle", "--quiet", "--json", "--members", "60", "--checkpoint-every", "300", "--provinces", PROVINCES, "--no-sql"])
         .arg("--state-dir")
         .arg(state)
         // A restarted member rejoins once the killed one's session expires: keep that short.
@@ -251,7 +251,7 @@ fn restarting_the_embedded_run_resumes_without_emptying_the_lake() {
     let root = tempdir("embedded-restart");
     let lake = root.join("lake");
     let bin = env!("CARGO_BIN_EXE_co2cast");
-    let args = ["run", "--members", "40", "--provinces", PROVINCES, "--no-sql", "--quiet"];
+    let args = ["run", "--metrics-listen", "127.0.0.1:0", "--members", "40", "--provinces", PROVINCES, "--no-sql", "--quiet"];
     // First run: serves on after the sample, so that a message from outside it can arrive.
     let mut first = Command::new(bin).args(args).arg("--lake").arg(&lake).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let stderr = first.stderr.take().unwrap();

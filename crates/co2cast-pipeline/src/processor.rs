@@ -78,6 +78,12 @@ pub struct ProcessorConfig {
     /// values are idempotent), so nothing is re-estimated or republished that did not change.
     #[serde(skip)]
     pub fresh_log: bool,
+    /// `/readyz` fails while more messages than this wait in the owned partitions.
+    pub ready_max_lag_messages: u64,
+    /// `/readyz` fails while input handled longer ago than this is not checkpointed.
+    pub ready_max_checkpoint_delay_s: u64,
+    /// Longest wait between two attempts at a request the brokers failed.
+    pub broker_retry_max_backoff_ms: u64,
 }
 
 impl ProcessorConfig {
@@ -129,6 +135,9 @@ impl Default for ProcessorConfig {
             lake_ensemble_members: None,
             consumer_options: Default::default(),
             fresh_log: false,
+            ready_max_lag_messages: 100_000,
+            ready_max_checkpoint_delay_s: 300,
+            broker_retry_max_backoff_ms: 10_000,
         }
     }
 }
@@ -149,9 +158,62 @@ pub enum PipelineError {
     Config(String),
     #[error("lake: {0}")]
     Lake(String),
+    /// Messages the brokers refused for good (too large, not authorised, …).
+    #[error("Kafka delivery: {0}")]
+    Delivery(String),
     /// A defect of co2cast itself.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl PipelineError {
+    /// Whose problem it is: a setting (user), a broker or disk (external), or co2cast (internal).
+    pub fn domain(&self) -> co2cast_metrics::ErrorDomain {
+        use co2cast_metrics::ErrorDomain as D;
+        match self {
+            PipelineError::Config(_) => D::User,
+            PipelineError::Kafka { source: rdkafka::error::KafkaError::ClientCreation(_), .. } => D::User,
+            PipelineError::Kafka { .. } | PipelineError::Lake(_) | PipelineError::Delivery(_) => D::External,
+            PipelineError::Checkpoint(CheckpointError::Io { .. }) => D::External,
+            PipelineError::Checkpoint(_) => D::User,
+            PipelineError::Calibration(_) | PipelineError::Internal(_) => D::Internal,
+        }
+    }
+
+    /// Whether the same request may succeed later.
+    pub fn retry_hint(&self) -> co2cast_metrics::RetryHint {
+        use co2cast_metrics::RetryHint as R;
+        match self {
+            PipelineError::Kafka { source, .. } if retryable(source) => R::WithBackoff,
+            _ => R::NoRetry,
+        }
+    }
+}
+
+/// Kafka errors that pass: brokers down or moving, requests timing out, a coordinator or
+/// leader being elected, a queue full while the brokers are away.
+pub fn retryable(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    crate::source::is_outage(e)
+        || matches!(
+            e.rdkafka_error_code(),
+            Some(
+                C::QueueFull
+                    | C::NotLeaderForPartition
+                    | C::LeaderNotAvailable
+                    | C::NotCoordinator
+                    | C::CoordinatorNotAvailable
+                    | C::CoordinatorLoadInProgress
+                    | C::UnknownTopicOrPartition
+                    | C::NotEnoughReplicas
+                    | C::NotEnoughReplicasAfterAppend
+                    | C::BrokerNotAvailable
+                    | C::ReplicaNotAvailable
+                    | C::TimedOutQueue
+                    | C::WaitCache
+                    | C::MessageTimedOut
+            )
+        )
 }
 
 fn kafka(context: &str) -> impl Fn(rdkafka::error::KafkaError) -> PipelineError + '_ {
@@ -179,7 +241,7 @@ pub struct Processor {
     /// Where assigned partitions deliver their messages (holds the consumer too).
     fetch_queue: Arc<FetchQueue>,
     positions: Positions,
-    producer: BaseProducer,
+    producer: BaseProducer<DeliveryContext>,
     ckpt: Checkpoint,
     history: Dataset,
     caps: PlausibilityCaps,
@@ -210,6 +272,54 @@ pub struct Processor {
     /// The checkpoint's `received` when this processor started.
     received_at_start: u64,
     input_complete: Option<Arc<AtomicBool>>,
+    /// What `/readyz` reads.
+    status: Arc<crate::readiness::ProcessorStatus>,
+    /// The current run's stop flag (retry loops give up when it is set).
+    stop: Arc<AtomicBool>,
+    /// Joined the group: done at the start of the first run, retried while brokers are away.
+    subscribed: bool,
+    /// Newest published day per sector (`all` for national rows), for freshness.
+    newest_published: BTreeMap<String, NaiveDate>,
+    /// Per topic family (`Topic as usize`, unknown last): received, accepted, late, revised
+    /// since they were last emitted as metrics.
+    family_counts: [[u64; 4]; FAMILY_SLOTS],
+    last_tick: Instant,
+}
+
+const FAMILY_SLOTS: usize = co2cast_ingest::Topic::ALL.len() + 1;
+
+/// The family label of a topic (`power.generation` for `proxy.power.generation`).
+pub fn family_label(f: Option<co2cast_ingest::Topic>) -> &'static str {
+    f.map(|t| t.name().strip_prefix("proxy.").unwrap_or(t.name())).unwrap_or("unknown")
+}
+
+/// Delivery reports of the producer: a message the brokers refused for good (after
+/// librdkafka's retries, which never time out here) is counted, and the flush that sent it
+/// fails instead of checkpointing past it.
+#[derive(Default)]
+pub struct DeliveryContext {
+    failed: std::sync::atomic::AtomicU64,
+    last_failure: std::sync::Mutex<Option<String>>,
+}
+
+impl rdkafka::ClientContext for DeliveryContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let reason = format!("{error}: {reason}");
+        co2cast_metrics::events::BrokerRequestFailed { operation: "produce", error: &reason, domain: co2cast_metrics::ErrorDomain::External, retry_in: None, attempt: 0 }
+            .emit();
+    }
+}
+
+impl rdkafka::producer::ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            use rdkafka::Message;
+            self.failed.fetch_add(1, Ordering::AcqRel);
+            *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{} [{}]: {e}", m.topic(), m.partition()));
+        }
+    }
 }
 
 /// A province's rows of one year, kept so that a change in one province re-estimates only
@@ -298,6 +408,8 @@ impl Processor {
         }
         let positions = Positions::from_offsets(&ckpt.offsets);
         let mut consumer_config = ClientConfig::new();
+        // Watermarks and broker states for lag and outage metrics (overridable).
+        consumer_config.set("statistics.interval.ms", "1000");
         for (k, v) in &cfg.consumer_options {
             if PINNED_CONSUMER_OPTIONS.contains(&k.as_str()) {
                 return Err(PipelineError::Config(format!("consumer option `{k}` is managed by co2cast and cannot be set")));
@@ -317,18 +429,28 @@ impl Processor {
             .set("heartbeat.interval.ms", cfg.heartbeat_interval_ms.to_string())
             .create_with_context(GroupContext::new(positions.clone()))
             .map_err(kafka("create consumer"))?;
-        let producer: BaseProducer = ClientConfig::new()
+        let producer: BaseProducer<DeliveryContext> = ClientConfig::new()
             .set("bootstrap.servers", &cfg.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("queue.buffering.max.messages", "200000")
-            .create()
+            // Never give a message up while the brokers are away: the checkpoint waits for it.
+            .set("message.timeout.ms", "0")
+            .create_with_context(DeliveryContext::default())
             .map_err(kafka("create producer"))?;
         let caps = PlausibilityCaps::from_history(&history.proxies);
         let rules = ValidationRules { future_tolerance: Duration::seconds(cfg.future_tolerance_s), ..ValidationRules::default() };
         let consumer = Arc::new(consumer);
         let inventory_years = history.inventory.years();
+        co2cast_metrics::enable(co2cast_metrics::Role::Processor, env!("CARGO_PKG_VERSION"), co2cast_model::estimate::MODEL_VERSION);
+        initialise_metrics();
+        let status = crate::readiness::ProcessorStatus::new(cfg.ready_max_lag_messages, cfg.ready_max_checkpoint_delay_s);
+        status.register();
+        let newest_published = newest_published_days(&ckpt);
+        for (sector, day) in &newest_published {
+            co2cast_metrics::state::set_newest_published_day_end(sector, day_end_unix_s(*day));
+        }
         let p = Processor {
             lake,
             cfg,
@@ -355,29 +477,162 @@ impl Processor {
             received_counter: None,
             received_at_start: 0,
             input_complete: None,
+            status,
+            stop: Arc::new(AtomicBool::new(false)),
+            subscribed: false,
+            newest_published,
+            family_counts: [[0; 4]; FAMILY_SLOTS],
+            last_tick: Instant::now(),
         };
-        p.subscribe()?;
         Ok(p)
     }
 
     /// Joins the consumer group on every proxy topic. Assigned partitions start at this
     /// processor's checkpointed offsets (see `source::GroupContext`); the checkpoint is the
     /// source of truth, and offsets committed to the group serve lag monitoring.
-    fn subscribe(&self) -> Result<(), PipelineError> {
+    fn try_subscribe(&self) -> Result<(), PipelineError> {
         let mut total = 0;
         for name in self.cfg.topics.proxies() {
             let md = self
                 .consumer
-                .fetch_metadata(Some(name), std::time::Duration::from_secs(10))
+                .fetch_metadata(Some(name), std::time::Duration::from_secs(5))
                 .map_err(kafka("fetch metadata"))?;
             total += md.topics().iter().filter(|x| x.error().is_none()).map(|x| x.partitions().len()).sum::<usize>();
         }
         if total == 0 {
-            return Err(PipelineError::Config("no partitions found for the proxy topics".into()));
+            // Topics not created yet (an operator or an init job may be about to): retried.
+            return Err(PipelineError::Kafka {
+                context: format!("no partitions found for the proxy topics ({})", self.cfg.topics.proxies().join(", ")),
+                source: rdkafka::error::KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition),
+            });
         }
         self.consumer.context().total_partitions.store(total, Ordering::Release);
         self.consumer.subscribe(&self.cfg.topics.proxies()).map_err(kafka("subscribe"))?;
         Ok(())
+    }
+
+    /// Joins the group, retrying with backoff while the brokers are away. Returns false if
+    /// the run was stopped first.
+    fn subscribe(&mut self) -> Result<bool, PipelineError> {
+        let started = Instant::now();
+        let mut backoff = crate::retry::Backoff::new(std::time::Duration::from_millis(self.cfg.broker_retry_max_backoff_ms.max(100)));
+        loop {
+            match self.try_subscribe() {
+                Ok(()) => {
+                    if backoff.attempt > 0 {
+                        co2cast_metrics::events::BrokerRecovered { operation: "metadata", outage: started.elapsed() }.emit();
+                    }
+                    co2cast_metrics::state::set_broker_up(true);
+                    self.status.broker_down_since_ms.store(0, Ordering::Release);
+                    self.status.subscribed.store(true, Ordering::Release);
+                    self.subscribed = true;
+                    return Ok(true);
+                }
+                Err(e) if e.retry_hint() == co2cast_metrics::RetryHint::WithBackoff => {
+                    let d = backoff.next_delay();
+                    co2cast_metrics::events::BrokerRequestFailed { operation: "metadata", error: &e, domain: e.domain(), retry_in: Some(d), attempt: backoff.attempt }.emit();
+                    self.mark_broker_down();
+                    if !crate::retry::sleep_unless_stopped(d, &self.stop) {
+                        return Ok(false);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn mark_broker_down(&self) {
+        let _ = self.status.broker_down_since_ms.compare_exchange(0, crate::readiness::unix_ms(), Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// At most once a second: lag, assignment, outage and watermark metrics, and readiness.
+    fn tick(&mut self) {
+        if self.last_tick.elapsed() < std::time::Duration::from_secs(1) {
+            return;
+        }
+        self.last_tick = Instant::now();
+        let ctx = self.consumer.context();
+        let assigned = ctx.assigned.load(Ordering::Acquire);
+        self.status.assigned_partitions.store(assigned, Ordering::Release);
+        co2cast_metrics::state::set_assigned_partitions(assigned);
+        let mut lag = [0i64; FAMILY_SLOTS];
+        if let Ok(tpl) = self.consumer.assignment() {
+            for e in tpl.elements() {
+                let Some((low, high)) = ctx.watermarks(e.topic(), e.partition()) else { continue };
+                let next = self.ckpt.offsets.get(&partition_key(e.topic(), e.partition())).copied().unwrap_or(low).max(low);
+                let fi = self.cfg.topics.family(e.topic()).map_or(FAMILY_SLOTS - 1, |f| f as usize);
+                lag[fi] += (high - next).max(0);
+            }
+        }
+        for (fi, l) in lag.iter().enumerate() {
+            let family = if fi < co2cast_ingest::Topic::ALL.len() { Some(co2cast_ingest::Topic::ALL[fi]) } else { None };
+            co2cast_metrics::state::set_consumer_lag(family_label(family), *l);
+        }
+        self.status.lag_messages.store(lag.iter().sum(), Ordering::Release);
+        match ctx.broker_outage() {
+            Some(since) => {
+                let ms = crate::readiness::unix_ms().saturating_sub(since.elapsed().as_millis() as u64);
+                let _ = self.status.broker_down_since_ms.compare_exchange(0, ms, Ordering::AcqRel, Ordering::Acquire);
+            }
+            None => self.status.broker_down_since_ms.store(0, Ordering::Release),
+        }
+        let unflushed = self.oldest_unflushed.map_or(0, |t| crate::readiness::unix_ms().saturating_sub(t.elapsed().as_millis() as u64));
+        self.status.unflushed_since_ms.store(unflushed, Ordering::Release);
+        let mut ends: BTreeMap<&str, i64> = BTreeMap::new();
+        for (stream, w) in &self.ckpt.watermarks.signals {
+            let signal = stream.split('/').next().unwrap_or(stream);
+            let e = ends.entry(signal).or_insert(i64::MIN);
+            *e = (*e).max(w.max_event_end.timestamp());
+        }
+        for (signal, end) in ends {
+            co2cast_metrics::state::set_watermark(signal, end as f64);
+        }
+    }
+
+    /// Proxy messages counted since the last call, as metrics.
+    fn emit_family_counts(&mut self) {
+        for (fi, c) in self.family_counts.iter_mut().enumerate() {
+            if c[0] == 0 {
+                continue;
+            }
+            let family = if fi < co2cast_ingest::Topic::ALL.len() { Some(co2cast_ingest::Topic::ALL[fi]) } else { None };
+            co2cast_metrics::events::ProxyMessagesHandled { family: family_label(family), received: c[0], accepted: c[1], late: c[2], revised: c[3] }.emit();
+            *c = [0; 4];
+        }
+    }
+
+    /// Coverage of the current year per province and signal: months received through the
+    /// signal's latest month (over all scopes), divided by that month's number.
+    fn update_coverage(&self, live: &ProxyPanel) {
+        let Some(year) = self.latest_event_year() else { return };
+        let mut months: BTreeMap<(co2cast_model::proxy::Signal, Scope), BTreeSet<u32>> = BTreeMap::new();
+        for (s, sc, m, _) in live.iter_monthly() {
+            if m.year == year {
+                months.entry((s, sc)).or_default().insert(m.month);
+            }
+        }
+        for (s, sc, d, _) in live.iter_daily() {
+            if d.year() == year {
+                months.entry((s, sc)).or_default().insert(d.month());
+            }
+        }
+        let mut latest: BTreeMap<co2cast_model::proxy::Signal, (u32, bool)> = BTreeMap::new();
+        for ((s, sc), ms) in &months {
+            let e = latest.entry(*s).or_insert((0, false));
+            e.0 = e.0.max(ms.iter().copied().max().unwrap_or(0));
+            e.1 |= matches!(sc, Scope::Province(_));
+        }
+        for (signal, (through, provincial)) in latest {
+            let scopes: Vec<Scope> = if provincial { Province::ALL.iter().map(|p| Scope::Province(*p)).collect() } else { vec![Scope::National] };
+            for scope in scopes {
+                let have = months.get(&(signal, scope)).map_or(0, |ms| ms.iter().filter(|m| **m <= through).count());
+                let label = match scope {
+                    Scope::Province(p) => p.iso_code(),
+                    Scope::National => "CN",
+                };
+                co2cast_metrics::state::set_proxy_coverage(label, signal.as_str(), have as f64 / through.max(1) as f64);
+            }
+        }
     }
 
     /// A series whose latest month moves changes the gap/nowcast status of the months after
@@ -457,11 +712,20 @@ impl Processor {
         exit_when_idle: bool,
         mut on_progress: impl FnMut(&crate::checkpoint::Counters),
     ) -> Result<RunSummary, PipelineError> {
+        self.stop = stop.clone();
+        let summary = |p: &Self| RunSummary {
+            counters: p.ckpt.counters.clone(),
+            national: p.ckpt.national.values().cloned().collect(),
+            checkpoints: p.ckpt.sequence,
+        };
         if std::mem::take(&mut self.resync) {
             // Rejoin so that partitions are reassigned at the checkpointed offsets.
             self.positions.reset(&self.ckpt.offsets);
             self.consumer.unsubscribe();
-            self.subscribe()?;
+            self.subscribed = false;
+        }
+        if !self.subscribed && !self.subscribe()? {
+            return Ok(summary(self));
         }
         let poll = std::time::Duration::from_millis(self.cfg.poll_timeout_ms);
         let poll_stop = Arc::new(AtomicBool::new(false));
@@ -481,11 +745,7 @@ impl Processor {
         if self.since_flush > 0 || !self.ckpt.dirty.is_empty() {
             self.flush()?;
         }
-        Ok(RunSummary {
-            counters: self.ckpt.counters.clone(),
-            national: self.ckpt.national.values().cloned().collect(),
-            checkpoints: self.ckpt.sequence,
-        })
+        Ok(summary(self))
     }
 
     fn consume(
@@ -511,9 +771,10 @@ impl Processor {
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(PipelineError::Config("the Kafka poll thread ended unexpectedly".into()));
+                    return Err(PipelineError::Internal("the Kafka poll thread ended unexpectedly".into()));
                 }
             }
+            self.tick();
             // Quiet since the last message, or since partitions were (re)assigned.
             let quiet = match self.consumer.context().assigned_at() {
                 Some(t) if t > last_message => t.elapsed(),
@@ -548,10 +809,15 @@ impl Processor {
             return Ok(false);
         }
         for e in assignment.elements() {
-            let (_, high) = self
-                .consumer
-                .fetch_watermarks(e.topic(), e.partition(), std::time::Duration::from_secs(5))
-                .map_err(kafka("fetch watermarks"))?;
+            let high = match self.consumer.fetch_watermarks(e.topic(), e.partition(), std::time::Duration::from_secs(5)) {
+                Ok((_, high)) => high,
+                Err(err) => {
+                    // Not known to be caught up; asked again at the next idle check.
+                    co2cast_metrics::events::BrokerRequestFailed { operation: "watermarks", error: &err, domain: co2cast_metrics::ErrorDomain::External, retry_in: None, attempt: 0 }
+                        .emit();
+                    return Ok(false);
+                }
+            };
             let next = self.ckpt.offsets.get(&partition_key(e.topic(), e.partition())).copied().unwrap_or(0);
             if next < high {
                 return Ok(false);
@@ -606,6 +872,7 @@ impl Processor {
         if let Some(rc) = &self.received_counter {
             rc.store(self.ckpt.counters.received - self.received_at_start, Ordering::Relaxed);
         }
+        self.emit_family_counts();
         Ok(true)
     }
 
@@ -633,6 +900,8 @@ impl Processor {
                 f
             }
         };
+        let fi = family.map_or(FAMILY_SLOTS - 1, |f| f as usize);
+        self.family_counts[fi][0] += 1;
         let c = &mut self.ckpt.counters;
         c.received += 1;
         self.since_flush += 1;
@@ -649,13 +918,18 @@ impl Processor {
         match result {
             Ok(v) => {
                 c.accepted += 1;
+                self.family_counts[fi][1] += 1;
                 let up = self.ckpt.state.upsert(&v);
                 match up {
-                    co2cast_ingest::Upsert::Revised { .. } => c.revisions += 1,
+                    co2cast_ingest::Upsert::Revised { .. } => {
+                        c.revisions += 1;
+                        self.family_counts[fi][3] += 1;
+                    }
                     co2cast_ingest::Upsert::Duplicate | co2cast_ingest::Upsert::Stale => c.accepted_unchanged += 1,
                     co2cast_ingest::Upsert::Inserted => {}
                 }
-                let slot = v.signal as usize * 3 + v.granularity as usize;
+                // Four granularities (hour, day, month, year) per signal.
+                let slot = v.signal as usize * 4 + v.granularity as usize;
                 if self.stream_keys.len() <= slot {
                     self.stream_keys.resize(slot + 1, None);
                 }
@@ -663,6 +937,7 @@ impl Processor {
                     .get_or_insert_with(|| co2cast_ingest::watermark::stream_key(v.signal, v.granularity).into_boxed_str());
                 if let Arrival::Late { .. } = self.ckpt.watermarks.observe(stream, v.period_end_s(), now) {
                     c.late += 1;
+                    self.family_counts[fi][2] += 1;
                 }
                 if up.changed() {
                     // A scope's messages mostly fall in the year it marked last.
@@ -698,6 +973,15 @@ impl Processor {
             Err(r) => {
                 c.dead_lettered += 1;
                 *c.dead_lettered_by_code.entry(r.code.as_str().to_string()).or_insert(0) += 1;
+                co2cast_metrics::events::ProxyMessageDeadLettered {
+                    family: family_label(family),
+                    code: r.code.as_str(),
+                    reason: &r.reason,
+                    topic,
+                    partition,
+                    offset,
+                }
+                .emit();
                 let headers = OwnedHeaders::new()
                     .insert(Header { key: "source_topic", value: Some(topic) })
                     .insert(Header { key: "source_partition", value: Some(&partition.to_string()) })
@@ -713,18 +997,68 @@ impl Processor {
         }
     }
 
-    fn send(&self, mut rec: BaseRecord<'_, [u8], [u8]>) -> Result<(), PipelineError> {
+    fn send(&self, mut rec: BaseRecord<'_, [u8], [u8], ()>) -> Result<(), PipelineError> {
+        let full_since = Instant::now();
+        let mut backoff = crate::retry::Backoff::new(std::time::Duration::from_millis(self.cfg.broker_retry_max_backoff_ms.max(100)));
         loop {
             match self.producer.send(rec) {
-                Ok(()) => return Ok(()),
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
-                    // Back-pressure: let the producer drain.
-                    self.producer.poll(std::time::Duration::from_millis(20));
+                Ok(()) => {
+                    if backoff.attempt > 0 {
+                        co2cast_metrics::events::BrokerRecovered { operation: "produce", outage: full_since.elapsed() }.emit();
+                        self.status.broker_down_since_ms.store(0, Ordering::Release);
+                    }
+                    return Ok(());
+                }
+                Err((e @ rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
                     rec = r;
+                    // Back-pressure: let the producer drain. Full for over a second, the
+                    // brokers are not taking messages: an outage, retried with backoff.
+                    if full_since.elapsed() < std::time::Duration::from_secs(1) {
+                        self.producer.poll(std::time::Duration::from_millis(20));
+                        continue;
+                    }
+                    if self.stop.load(Ordering::Relaxed) {
+                        return Err(PipelineError::Kafka { context: "produce: stopped while the brokers were not taking messages (the next run publishes them)".into(), source: e });
+                    }
+                    let d = backoff.next_delay();
+                    co2cast_metrics::events::BrokerRequestFailed { operation: "produce", error: &e, domain: co2cast_metrics::ErrorDomain::External, retry_in: Some(d), attempt: backoff.attempt }.emit();
+                    self.mark_broker_down();
+                    self.producer.poll(d);
                 }
                 Err((e, _)) => return Err(PipelineError::Kafka { context: "produce".into(), source: e }),
             }
         }
+    }
+
+    /// Waits until every message sent is delivered, retrying with backoff while the brokers
+    /// are away. A message refused for good fails the flush: the checkpoint is not written
+    /// and a restart publishes again from the previous one.
+    fn deliver(&mut self) -> Result<(), PipelineError> {
+        let started = Instant::now();
+        let mut backoff = crate::retry::Backoff::new(std::time::Duration::from_millis(self.cfg.broker_retry_max_backoff_ms.max(100)));
+        while let Err(e) = self.producer.flush(std::time::Duration::from_secs(10)) {
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(PipelineError::Kafka {
+                    context: "flush: stopped while the brokers were unreachable (the state stays at the last checkpoint; the next run publishes what was not delivered)".into(),
+                    source: e,
+                });
+            }
+            let d = backoff.next_delay();
+            co2cast_metrics::events::BrokerRequestFailed { operation: "flush", error: &e, domain: co2cast_metrics::ErrorDomain::External, retry_in: Some(d), attempt: backoff.attempt }.emit();
+            self.mark_broker_down();
+            self.tick();
+            crate::retry::sleep_unless_stopped(d, &self.stop);
+        }
+        if backoff.attempt > 0 {
+            co2cast_metrics::events::BrokerRecovered { operation: "flush", outage: started.elapsed() }.emit();
+            self.status.broker_down_since_ms.store(0, Ordering::Release);
+        }
+        let failed = self.producer.context().failed.swap(0, Ordering::AcqRel);
+        if failed > 0 {
+            let last = self.producer.context().last_failure.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+            return Err(PipelineError::Delivery(format!("{failed} messages refused by the brokers (last: {last}); nothing after the last checkpoint is kept")));
+        }
+        Ok(())
     }
 
     /// Re-estimates what changed, publishes changed rows, then checkpoints offsets and state.
@@ -733,6 +1067,8 @@ impl Processor {
     pub fn flush(&mut self) -> Result<(), PipelineError> {
         let started = Instant::now();
         self.flush_started_at = Utc::now();
+        self.emit_family_counts();
+        let (mut rows, mut years) = (0u64, 0usize);
         if self.consumer.context().owns_all() {
             self.marked_year.fill(None);
             if !self.ckpt.dirty.is_empty() {
@@ -740,18 +1076,31 @@ impl Processor {
                 self.mark_frontier_moves(&live);
                 let dirty = std::mem::take(&mut self.ckpt.dirty);
                 for (year, d) in dirty {
-                    self.estimate_year(year, &d, &live)?;
+                    rows += self.estimate_year(year, &d, &live)?;
+                    years += 1;
                 }
+                self.update_coverage(&live);
             }
         } else if !self.ckpt.dirty.is_empty() {
             tracing::debug!(message = "Estimates held back: this member holds only some partitions.", assigned = self.assigned_partitions());
         }
-        self.producer.flush(std::time::Duration::from_secs(30)).map_err(kafka("flush"))?;
+        self.deliver()?;
+        if years > 0 {
+            co2cast_metrics::events::FlushCompleted { reestimation: started.elapsed(), rows, years }.emit();
+        }
         // The lake commit carries the number of the checkpoint written next.
         if let Some(l) = &mut self.lake {
             l.commit(self.ckpt.sequence + 1)?;
         }
-        self.ckpt.save(&self.cfg.checkpoint_dir)?;
+        let writing = Instant::now();
+        if let Err(e) = self.ckpt.save(&self.cfg.checkpoint_dir) {
+            co2cast_metrics::events::CheckpointFailed { error: &e }.emit();
+            self.status.checkpoint_failing.store(true, Ordering::Release);
+            return Err(e.into());
+        }
+        co2cast_metrics::events::CheckpointWritten { sequence: self.ckpt.sequence, duration: writing.elapsed() }.emit();
+        self.status.checkpoint_failing.store(false, Ordering::Release);
+        self.status.unflushed_since_ms.store(0, Ordering::Release);
         // Offsets to Kafka are for lag monitoring only; failures are not fatal.
         let mut tpl = TopicPartitionList::new();
         for (k, o) in &self.ckpt.offsets {
@@ -764,7 +1113,7 @@ impl Processor {
         if tpl.count() > 0
             && let Err(e) = self.consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async)
         {
-            tracing::debug!(message = "Offset commit for lag monitoring failed.", error = %e);
+            co2cast_metrics::events::BrokerRequestFailed { operation: "commit", error: &e, domain: co2cast_metrics::ErrorDomain::External, retry_in: None, attempt: 0 }.emit();
         }
         self.since_flush = 0;
         self.oldest_unflushed = None;
@@ -772,14 +1121,16 @@ impl Processor {
         Ok(())
     }
 
-    fn estimate_year(&mut self, year: i32, dirty: &Dirty, live: &ProxyPanel) -> Result<(), PipelineError> {
+    /// Re-estimates a year's dirty provinces and publishes the rows that changed; returns
+    /// how many.
+    fn estimate_year(&mut self, year: i32, dirty: &Dirty, live: &ProxyPanel) -> Result<u64, PipelineError> {
         let inv_years = self.history.inventory.years();
-        let Some(&last_inv) = inv_years.iter().filter(|y| **y < year).max() else { return Ok(()) };
+        let Some(&last_inv) = inv_years.iter().filter(|y| **y < year).max() else { return Ok(0) };
         // Days up to the furthest signal watermark: later days have no data at all yet.
-        let Some(last_event) = self.ckpt.watermarks.signals.values().map(|w| w.max_event_end).max() else { return Ok(()) };
+        let Some(last_event) = self.ckpt.watermarks.signals.values().map(|w| w.max_event_end).max() else { return Ok(0) };
         let last_day = shanghai_day(&(last_event - Duration::seconds(1)));
         if last_day.year() < year {
-            return Ok(());
+            return Ok(0);
         }
         let through = if last_day.year() > year { NaiveDate::from_ymd_opt(year, 12, 31).expect("valid") } else { last_day };
         let horizon = (year - last_inv) as u32;
@@ -912,11 +1263,25 @@ impl Processor {
             }
         }
         if changed.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let c = &mut self.ckpt.counters;
         c.estimates_published += changed.len() as u64;
         c.estimate_revisions_published += changed.iter().filter(|r| r.revision > 0).count() as u64;
+        let mut by_sector: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for r in &changed {
+            let e = by_sector.entry(r.sector.as_str()).or_default();
+            e.0 += 1;
+            e.1 += u64::from(r.revision > 0);
+            let newest = self.newest_published.entry(r.sector.clone()).or_insert(r.date);
+            if r.date >= *newest {
+                *newest = r.date;
+                co2cast_metrics::state::set_newest_published_day_end(&r.sector, day_end_unix_s(r.date));
+            }
+        }
+        for (sector, (rows, revisions)) in by_sector {
+            co2cast_metrics::events::EstimatesPublished { sector, rows, revisions }.emit();
+        }
         let keys: Vec<String> = changed.iter().map(|r| r.key()).collect();
         let batch = to_batch(&changed, self.flush_started_at);
         let lines = batch_to_json_lines(&batch).map_err(|e| PipelineError::Internal(format!("encoding estimates as JSON: {e}")))?;
@@ -924,8 +1289,55 @@ impl Processor {
             let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.cfg.topics.estimates_daily).key(k.as_bytes()).payload(&json);
             self.send(rec)?;
         }
-        Ok(())
+        Ok(keys.len() as u64)
     }
+}
+
+/// Zero-valued series for every bounded label value the processor emits.
+fn initialise_metrics() {
+    use co2cast_metrics::events::initialise;
+    let m = co2cast_metrics::metrics();
+    let families: Vec<&str> = co2cast_ingest::Topic::ALL.iter().map(|t| family_label(Some(*t))).chain(["unknown"]).collect();
+    for f in &families {
+        initialise(&m.proxy_received, [vec![*f]]);
+        initialise(&m.proxy_accepted, [vec![*f]]);
+        initialise(&m.proxy_late, [vec![*f]]);
+        initialise(&m.proxy_revised, [vec![*f]]);
+        initialise(&m.proxy_dead_lettered, co2cast_ingest::RejectCode::ALL.iter().map(|c| vec![*f, c.as_str()]));
+        m.consumer_lag.with_label_values(&[f]).add(0);
+    }
+    let sectors: Vec<&str> = Sector::ALL.iter().map(|s| s.as_str()).chain(["all"]).collect();
+    for s in sectors {
+        initialise(&m.estimate_published, [vec![s]]);
+        initialise(&m.estimate_revised, [vec![s]]);
+    }
+    for op in BROKER_OPERATIONS {
+        initialise(&m.broker_errors, [vec![op]]);
+        initialise(&m.broker_retries, [vec![op]]);
+    }
+}
+
+/// The `operation` label values of broker errors and retries.
+pub const BROKER_OPERATIONS: [&str; 6] = ["consume", "produce", "flush", "metadata", "watermarks", "commit"];
+
+/// The newest day of each sector in what a checkpoint has published.
+fn newest_published_days(ckpt: &Checkpoint) -> BTreeMap<String, NaiveDate> {
+    let mut out: BTreeMap<String, NaiveDate> = BTreeMap::new();
+    for key in ckpt.published.rows.keys() {
+        let mut parts = key.rsplitn(3, '/');
+        let (Some(date), Some(sector)) = (parts.next(), parts.next()) else { continue };
+        if let Ok(d) = NaiveDate::parse_from_str(date, "%Y-%m-%d") {
+            let e = out.entry(sector.to_string()).or_insert(d);
+            *e = (*e).max(d);
+        }
+    }
+    out
+}
+
+/// The end of an Asia/Shanghai day (midnight after it, UTC+8) in Unix seconds.
+fn day_end_unix_s(day: NaiveDate) -> f64 {
+    let next = day.succ_opt().unwrap_or(day).and_hms_opt(0, 0, 0).expect("midnight exists");
+    (next.and_utc().timestamp() - 8 * 3600) as f64
 }
 
 /// Reads DLQ headers back (for tests and tools).

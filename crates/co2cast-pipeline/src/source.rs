@@ -83,6 +83,10 @@ pub struct GroupContext {
     assigned_at: Mutex<Option<Instant>>,
     /// The queue assigned partitions are routed to (owned by [`FetchQueue`]; null when none).
     fetch_queue: AtomicPtr<rdsys::rd_kafka_queue_t>,
+    /// Low and high watermarks per partition, from the client's statistics.
+    watermarks: Mutex<HashMap<(String, i32), (i64, i64)>>,
+    /// Since when no broker has been up (from client errors and statistics).
+    pub broker_down_since: Mutex<Option<Instant>>,
 }
 
 impl GroupContext {
@@ -93,7 +97,19 @@ impl GroupContext {
             total_partitions: AtomicUsize::new(0),
             assigned_at: Mutex::new(None),
             fetch_queue: AtomicPtr::new(std::ptr::null_mut()),
+            watermarks: Mutex::new(HashMap::new()),
+            broker_down_since: Mutex::new(None),
         }
+    }
+
+    /// The last known (low, high) watermarks of a partition (statistics every second).
+    pub fn watermarks(&self, topic: &str, partition: i32) -> Option<(i64, i64)> {
+        self.watermarks.lock().unwrap_or_else(|e| e.into_inner()).get(&(topic.to_string(), partition)).copied()
+    }
+
+    /// Since when the brokers have been unreachable, if they are.
+    pub fn broker_outage(&self) -> Option<Instant> {
+        *self.broker_down_since.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn assigned_at(&self) -> Option<Instant> {
@@ -107,7 +123,61 @@ impl GroupContext {
     }
 }
 
-impl ClientContext for GroupContext {}
+/// Client errors that mean the brokers cannot be reached (librdkafka retries them itself).
+pub fn is_outage(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::AllBrokersDown | C::BrokerTransportFailure | C::Resolve | C::NetworkException | C::OperationTimedOut | C::RequestTimedOut)
+    )
+}
+
+impl ClientContext for GroupContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let reason = format!("{error}: {reason}");
+        co2cast_metrics::events::BrokerRequestFailed {
+            operation: "consume",
+            error: &reason,
+            domain: co2cast_metrics::ErrorDomain::External,
+            retry_in: None,
+            attempt: 0,
+        }
+        .emit();
+        if is_outage(&error) {
+            let mut down = self.broker_down_since.lock().unwrap_or_else(|e| e.into_inner());
+            down.get_or_insert_with(Instant::now);
+            co2cast_metrics::state::set_broker_up(false);
+        }
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut w = self.watermarks.lock().unwrap_or_else(|e| e.into_inner());
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // Partition -1 is librdkafka's unassigned-messages bucket.
+                if *partition >= 0 && p.hi_offset >= 0 {
+                    w.insert((topic.clone(), *partition), (p.lo_offset.max(0), p.hi_offset));
+                }
+            }
+        }
+        drop(w);
+        // Real brokers (node id ≥ 0; bootstrap entries are -1) with an open connection.
+        let up = statistics.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP");
+        let mut down = self.broker_down_since.lock().unwrap_or_else(|e| e.into_inner());
+        match (up, *down) {
+            (true, Some(since)) => {
+                *down = None;
+                co2cast_metrics::events::BrokerRecovered { operation: "consume", outage: since.elapsed() }.emit();
+            }
+            (true, None) => co2cast_metrics::state::set_broker_up(true),
+            (false, None) => {
+                *down = Some(Instant::now());
+                co2cast_metrics::state::set_broker_up(false);
+            }
+            (false, Some(_)) => {}
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
@@ -398,7 +468,14 @@ impl Poller<'_> {
                         self.advance(&topic, m.partition(), m.offset());
                         batch.push_copy(topic, &m);
                     }
-                    Err(e) => tracing::warn!(message = "Kafka consumer error.", error = %e),
+                    Err(e) => co2cast_metrics::events::BrokerRequestFailed {
+                        operation: "consume",
+                        error: &e,
+                        domain: co2cast_metrics::ErrorDomain::External,
+                        retry_in: None,
+                        attempt: 0,
+                    }
+                    .emit(),
                 }
                 if batch.entries.len() >= MAX_BATCH {
                     break;

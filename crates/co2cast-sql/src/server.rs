@@ -196,7 +196,9 @@ struct Shared {
 /// One connection's login: the slot it holds once authenticated.
 #[derive(Default)]
 struct Login {
-    permit: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+    /// The slot, counted in `co2cast_sql_active_connections` while held.
+    permit: std::sync::Mutex<Option<(tokio::sync::OwnedSemaphorePermit, co2cast_metrics::state::ActiveSqlConnection)>>,
+    peer: Option<std::net::SocketAddr>,
     /// Password messages seen (SCRAM sends two; the second completes the login).
     password_messages: std::sync::atomic::AtomicU32,
     /// Woken when a slot is taken.
@@ -266,6 +268,39 @@ impl GuardedSession {
     }
 }
 
+/// The `class` label of a failed statement, from its SQLSTATE.
+pub fn error_class(e: &PgWireError) -> (&'static str, String) {
+    match e {
+        PgWireError::UserError(info) => {
+            let code = info.code.as_str();
+            let class = match code {
+                "25006" | "42501" => "refused",
+                "57014" => "timeout",
+                c if c.starts_with("42") || c.starts_with("22") => "invalid_query",
+                c if c.starts_with("54") => "too_complex",
+                c if c.starts_with("53") => "resources",
+                _ => "internal",
+            };
+            (class, code.to_string())
+        }
+        // datafusion-postgres reports SQL it cannot parse this way.
+        PgWireError::ApiError(inner) if inner.to_string().contains("sql parser error") => ("invalid_query", "42601".into()),
+        _ => ("internal", "XX000".into()),
+    }
+}
+
+/// Times a statement and counts its failure by class.
+fn observe<T>(protocol: &str, started: std::time::Instant, result: &PgWireResult<T>) {
+    let failed = result.as_ref().err().map(error_class);
+    co2cast_metrics::events::SqlQueryAnswered {
+        protocol,
+        duration: started.elapsed(),
+        error_class: failed.as_ref().map(|f| f.0),
+        sqlstate: failed.as_ref().map(|f| f.1.as_str()),
+    }
+    .emit();
+}
+
 fn text_error(msg: String) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), "54001".into(), msg)))
 }
@@ -279,8 +314,13 @@ impl SimpleQueryHandler for GuardedSession {
         C::Error: fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        crate::text_limits::check(query).map_err(text_error)?;
-        SimpleQueryHandler::do_query(&*self.inner, client, query).await
+        let started = std::time::Instant::now();
+        let result = match crate::text_limits::check(query).map_err(text_error) {
+            Ok(()) => SimpleQueryHandler::do_query(&*self.inner, client, query).await,
+            Err(e) => Err(e),
+        };
+        observe("simple", started, &result);
+        result
     }
 }
 
@@ -294,8 +334,16 @@ impl QueryParser for GuardedParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        crate::text_limits::check(sql).map_err(text_error)?;
-        self.0.parse_sql(client, sql, types).await
+        let started = std::time::Instant::now();
+        let result = match crate::text_limits::check(sql).map_err(text_error) {
+            Ok(()) => self.0.parse_sql(client, sql, types).await,
+            Err(e) => Err(e),
+        };
+        // A statement that does not parse is answered here; one that does, at execution.
+        if result.is_err() {
+            observe("extended", started, &result);
+        }
+        result
     }
 
     fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
@@ -323,7 +371,10 @@ impl ExtendedQueryHandler for GuardedSession {
         C::Error: fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await
+        let started = std::time::Instant::now();
+        let result = ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await;
+        observe("extended", started, &result);
+        result
     }
 }
 
@@ -357,10 +408,18 @@ fn fatal(code: &str, msg: &str) -> PgWireError {
 impl Startup {
     /// Takes a login slot before the message that would complete the login is answered.
     fn take_slot(&self) -> PgWireResult<()> {
-        let permit = self.logins.clone().try_acquire_owned().map_err(|_| fatal("53300", "too many connections to the co2cast SQL endpoint"))?;
-        *self.login.permit.lock().map_err(|_| fatal("XX000", "login state poisoned"))? = Some(permit);
+        let permit = self.logins.clone().try_acquire_owned().map_err(|_| {
+            self.refused("connection_limit");
+            fatal("53300", "too many connections to the co2cast SQL endpoint")
+        })?;
+        *self.login.permit.lock().map_err(|_| fatal("XX000", "login state poisoned"))? = Some((permit, co2cast_metrics::state::ActiveSqlConnection::open()));
         self.login.taken.notify_one();
         Ok(())
+    }
+
+    fn refused(&self, reason: &str) {
+        let peer = self.login.peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+        co2cast_metrics::events::SqlConnectionRefused { reason, peer: &peer }.emit();
     }
 
     fn release_slot(&self) {
@@ -383,6 +442,7 @@ impl StartupHandler for Startup {
             && self.tls_required
             && !client.is_secure()
         {
+            self.refused("tls_required");
             return Err(fatal("28000", "this co2cast endpoint accepts TLS connections only (use sslmode=require)"));
         }
         let completes_login = match (&self.gate, &message) {
@@ -400,8 +460,22 @@ impl StartupHandler for Startup {
         if result.is_err() {
             // A failed login gives its slot back at once.
             self.release_slot();
+            self.refused("login_failed");
         }
         result
+    }
+}
+
+/// The `class` values of failed statements and the `reason` values of refused connections.
+pub const SQL_ERROR_CLASSES: [&str; 6] = ["refused", "invalid_query", "too_complex", "timeout", "resources", "internal"];
+pub const SQL_REFUSAL_REASONS: [&str; 5] = ["connection_limit", "pending_limit", "login_timeout", "tls_required", "login_failed"];
+
+fn initialise_metrics() {
+    let m = co2cast_metrics::metrics();
+    co2cast_metrics::events::initialise(&m.sql_query_errors, SQL_ERROR_CLASSES.map(|c| vec![c]));
+    co2cast_metrics::events::initialise(&m.sql_refused_connections, SQL_REFUSAL_REASONS.map(|r| vec![r]));
+    for protocol in ["simple", "extended"] {
+        let _ = m.sql_query_duration.with_label_values(&[protocol]);
     }
 }
 
@@ -409,6 +483,8 @@ impl StartupHandler for Startup {
 /// cannot be bound or TLS is configured and cannot be set up.
 pub async fn serve(ctx: SessionContext, cfg: &SqlServerConfig) -> std::io::Result<()> {
     let tls = cfg.tls_setup().map_err(std::io::Error::other)?;
+    co2cast_metrics::enable(co2cast_metrics::Role::Sql, env!("CARGO_PKG_VERSION"), co2cast_model::estimate::MODEL_VERSION);
+    initialise_metrics();
     let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port)).await?;
     setup_pg_catalog(&ctx, "datafusion", EmptyContextProvider).map_err(|e| std::io::Error::other(format!("pg_catalog: {e}")))?;
     // One hook answers every statement (see `readonly`); the stock hooks run inside it.
@@ -448,12 +524,12 @@ pub async fn serve(ctx: SessionContext, cfg: &SqlServerConfig) -> std::io::Resul
             }
         };
         let Ok(pending_slot) = pending.clone().try_acquire_owned() else {
-            tracing::debug!("SQL connection from {addr} closed: too many connections waiting to log in");
+            co2cast_metrics::events::SqlConnectionRefused { reason: "pending_limit", peer: &addr }.emit();
             drop(socket);
             continue;
         };
         let session = DfSessionService::new_with_hooks(Arc::new(SessionContext::new_with_state(shared.template.clone())), shared.hooks.clone());
-        let login = Arc::new(Login::default());
+        let login = Arc::new(Login { peer: Some(addr), ..Login::default() });
         let handlers = Connection { shared: shared.clone(), session: Arc::new(GuardedSession::new(session)), login: login.clone() };
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
@@ -477,7 +553,7 @@ pub async fn serve(ctx: SessionContext, cfg: &SqlServerConfig) -> std::io::Resul
                 }
             };
             match result {
-                None => tracing::debug!("SQL connection from {addr} closed: no login within {} ms", login_timeout.as_millis()),
+                None => co2cast_metrics::events::SqlConnectionRefused { reason: "login_timeout", peer: &addr }.emit(),
                 Some(Err(e)) => tracing::debug!("SQL connection from {addr}: {e}"),
                 Some(Ok(())) => {}
             }

@@ -1,0 +1,34 @@
+use crate::metrics;
+
+/// Rows of one sector were published to the estimates topic.
+pub struct EstimatesPublished<'a> {
+    pub sector: &'a str,
+    pub rows: u64,
+    /// Of `rows`, those that revise an earlier vintage.
+    pub revisions: u64,
+}
+
+impl EstimatesPublished<'_> {
+    pub fn emit(self) {
+        tracing::debug!(message = "Estimates published.", sector = self.sector, rows = self.rows, revisions = self.revisions);
+        let m = metrics();
+        m.estimate_published.with_label_values(&[self.sector]).inc_by(self.rows);
+        m.estimate_revised.with_label_values(&[self.sector]).inc_by(self.revisions);
+    }
+}
+
+/// A flush re-estimated what changed and published it.
+pub struct FlushCompleted {
+    pub reestimation: std::time::Duration,
+    pub rows: u64,
+    pub years: usize,
+}
+
+impl FlushCompleted {
+    pub fn emit(self) {
+        tracing::debug!(message = "Re-estimated and published.", seconds = self.reestimation.as_secs_f64(), rows = self.rows, years = self.years);
+        let m = metrics();
+        m.estimate_reestimation_duration.observe(self.reestimation.as_secs_f64());
+        m.estimate_flush_rows.observe(self.rows as f64);
+    }
+}
