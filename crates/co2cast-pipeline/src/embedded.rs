@@ -21,7 +21,13 @@ pub fn start_cluster() -> Result<MockCluster<'static, DefaultProducerContext>, r
 }
 
 pub fn start_cluster_with(topics: &TopicNames) -> Result<MockCluster<'static, DefaultProducerContext>, rdkafka::error::KafkaError> {
-    let cluster = MockCluster::new(1)?;
+    start_cluster_of(1, topics)
+}
+
+/// A mock cluster of `brokers` brokers (partition leaders spread over them), for tests of
+/// outages and leader moves.
+pub fn start_cluster_of(brokers: i32, topics: &TopicNames) -> Result<MockCluster<'static, DefaultProducerContext>, rdkafka::error::KafkaError> {
+    let cluster = MockCluster::new(brokers)?;
     for t in topics.proxies() {
         cluster.create_topic(t, PARTITIONS, 1)?;
     }
