@@ -483,6 +483,8 @@ fn alert_rules_and_deploy_files_are_valid() {
         .arg(dir.join("processor.toml"))
         .arg("--state-dir")
         .arg(dir.join("state"))
+        .arg("--lake")
+        .arg(dir.join("lake"))
         .env("CO2CAST__PROCESSOR__BROKER_RETRY_MAX_BACKOFF_MS", "100")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -491,5 +493,9 @@ fn alert_rules_and_deploy_files_are_valid() {
     let mut out = Killed(out);
     std::thread::sleep(Duration::from_secs(3));
     // A configuration error would have ended it; an unreachable broker is retried.
-    assert!(out.0.try_wait().unwrap().is_none(), "the processor refused the ConfigMap's settings");
+    if out.0.try_wait().unwrap().is_some() {
+        let mut err = String::new();
+        out.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        panic!("the processor refused the ConfigMap's settings: {err}");
+    }
 }
