@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 pub const INVENTORY_FILE: &str = "inventory/ceads_items.csv";
 pub const PROXIES_FILE: &str = "proxies/monthly.csv";
 pub const REFERENCES_FILE: &str = "references/national_annual.csv";
+/// The last year of proxy data the extract keeps: every month the raw sources hold (most
+/// provincial series run to December 2024; data/PROVENANCE.md lists each series' last month).
+pub const LAST_PROXY_YEAR: i32 = 2024;
 
 const EMBEDDED_INVENTORY: &[u8] = include_bytes!("../../../data/inventory/ceads_items.csv");
 const EMBEDDED_PROXIES: &[u8] = include_bytes!("../../../data/proxies/monthly.csv");
@@ -183,7 +186,7 @@ impl RawSources {
         let inv = ceads::to_inventory(&records, &CeadsSectorMap::bundled(), "CEADs provincial inventories (xlsx)")
             .map_err(|e| DataError::content(&self.p("ceads/raw_xlsx"), e.to_string()))?;
         let first = *years.start();
-        let keep = |m: &ProxyMonth| m.month.year >= first && m.month.year <= 2022;
+        let keep = |m: &ProxyMonth| m.month.year >= first && m.month.year <= LAST_PROXY_YEAR;
         let mut months: Vec<ProxyMonth> = Vec::new();
         months.extend(proxies::load_crea_provincial_generation(&self.p("crea_china_co2/provincial_generation_by_source_monthly_ytd_1997_2024_tidy.csv"))?.into_iter().filter(|m| m.signal == Signal::ThermalGeneration));
         let wind_dir = "crea_china_co2/wind_format_raw/";

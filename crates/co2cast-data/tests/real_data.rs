@@ -213,3 +213,31 @@ fn new_provincial_signals_load_from_the_real_files() {
     let ei = refs.iter().find(|r| r.source == "energy_institute").unwrap();
     assert!((ei.values[&2022] - 10_550.2).abs() < 0.5 && !ei.scope_difference.is_empty());
 }
+
+/// The provincial series run to December 2024, and the provinces' 2024 months (differenced
+/// from year-to-date releases, January–February split) add up to NBS's published national
+/// output for 2024.
+#[test]
+fn provincial_series_reach_december_2024_and_add_up_to_the_national_totals() {
+    let Some(d) = shared() else { return };
+    let (_, months) = RawSources::at(&d).load(2005..=2019).unwrap();
+    let year_sum = |s: Signal, y: i32| -> f64 { months.iter().filter(|m| m.signal == s && m.month.year == y && m.scope != Scope::National).map(|m| m.value).sum() };
+    let december_provinces = |s: Signal| months.iter().filter(|m| m.signal == s && m.month == YearMonth::new(2024, 12) && m.scope != Scope::National).count();
+    // NBS 2024 national figures: cement 1,825 Mt, crude steel 1,005 Mt, pig iron 852 Mt,
+    // ten non-ferrous metals 79.2 Mt, thermal generation 6,374 TWh (above-scale plants).
+    for (signal, published, unit_per_published, tolerance) in [
+        (Signal::Cement, 1_825.0, 1e6, 0.01),
+        (Signal::CrudeSteel, 1_005.0, 1e6, 0.01),
+        (Signal::PigIron, 852.0, 1e6, 0.01),
+        (Signal::NonferrousMetals, 79.2, 1e6, 0.01),
+        (Signal::ThermalGeneration, 6_374.0, 1e3, 0.02),
+    ] {
+        let got = year_sum(signal, 2024) / unit_per_published;
+        assert!((got / published - 1.0).abs() < tolerance, "{signal}: provinces sum to {got:.1} in 2024, NBS published {published}");
+        assert!(december_provinces(signal) >= 25, "{signal}: {} provinces in December 2024", december_provinces(signal));
+    }
+    assert!(december_provinces(Signal::ElectricityConsumption) >= 30);
+    // The bundled extract holds them too.
+    let emb = co2cast_data::embedded().unwrap();
+    assert!(emb.proxies.monthly(Signal::Cement, Scope::Province(Province::Guangdong), YearMonth::new(2024, 12)).is_some());
+}
