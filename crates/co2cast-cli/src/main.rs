@@ -56,7 +56,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind as K;
+            if matches!(e.kind(), K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand) {
+                e.exit();
+            }
+            // A bad flag is the user's error, on one line like every other.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            eprintln!("error (user): {first} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CO2CAST_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
@@ -80,13 +93,45 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Pipeline errors say whose they are (a setting, a broker or disk, co2cast itself).
-            match e.downcast_ref::<co2cast_pipeline::processor::PipelineError>() {
-                Some(p) => eprintln!("error ({}): {e}", p.domain().as_str()),
-                None => eprintln!("error: {e}"),
-            }
+            eprintln!("error ({}): {}", error_domain(e.as_ref()).as_str(), one_line(&e.to_string()));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whose error it is: a setting or input of the user's, something outside co2cast (a broker,
+/// a disk), or co2cast itself. Pipeline errors know; I/O errors are external unless they name
+/// the user's own setting (a port in use, a path that is not there or not allowed); the rest
+/// are flags, settings and inputs.
+fn error_domain(e: &(dyn std::error::Error + 'static)) -> co2cast_metrics::ErrorDomain {
+    use co2cast_metrics::ErrorDomain as D;
+    if let Some(p) = e.downcast_ref::<co2cast_pipeline::processor::PipelineError>() {
+        return p.domain();
+    }
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        use std::io::ErrorKind as K;
+        return match io.kind() {
+            K::AddrInUse | K::AddrNotAvailable | K::PermissionDenied | K::NotFound | K::InvalidInput => D::User,
+            _ => D::External,
+        };
+    }
+    D::User
+}
+
+/// One line: a multi-line message (a settings file's parse error) joined.
+fn one_line(message: &str) -> String {
+    message.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn errors_are_one_line_with_a_domain() {
+        assert_eq!(super::one_line("a\n  |\n  ^ b\n"), "a | ^ b");
+        let io: Box<dyn std::error::Error> = Box::new(std::io::Error::new(std::io::ErrorKind::AddrInUse, "x"));
+        assert_eq!(super::error_domain(io.as_ref()).as_str(), "user");
+        let s: Box<dyn std::error::Error> = "unknown province XX".into();
+        assert_eq!(super::error_domain(s.as_ref()).as_str(), "user");
     }
 }
 

@@ -7,7 +7,7 @@ pub struct MetricsFlags {
     #[arg(long, default_value_t = format!("127.0.0.1:{}", co2cast_metrics::http::DEFAULT_PORT))]
     pub metrics_listen: String,
     /// Do not serve the operators' endpoint.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "metrics_listen")]
     pub no_metrics: bool,
 }
 

@@ -59,13 +59,20 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed)).map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed)).map_err(|e| format!("cannot install the SIGINT/SIGTERM handler: {e}"))?;
     }
     let mut cfg: ProcessorConfig = crate::config::load(a.config.as_deref())?.processor;
     if let Some(m) = a.members {
         cfg.ensemble_members = m.max(20);
     }
     let brokers = a.brokers.clone().or_else(|| (a.config.is_some() || std::env::var_os("CO2CAST__PROCESSOR__BROKERS").is_some()).then(|| cfg.brokers.clone()));
+    if let Some(b) = &brokers {
+        // host:port[,host:port…]: anything else would be retried forever as an outage.
+        let bad = b.split(',').map(str::trim).find(|h| h.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()));
+        if b.trim().is_empty() || bad.is_some() {
+            return Err(format!("brokers: `{b}` is not a list of host:port (e.g. kafka:9092,kafka2:9092)").into());
+        }
+    }
     if brokers.is_none() {
         // The sample is small: re-estimate often enough to show nowcasts being revised.
         cfg.checkpoint_every_messages = 2_000;
@@ -86,6 +93,8 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     } else if brokers.is_none() && cfg.lake_dir.is_none() {
         cfg.lake_dir = Some(PathBuf::from("lake"));
     }
+    // Not ready until the processor has started and registered its own check.
+    co2cast_metrics::health::set_check("processor", || Err("starting (calibrating and joining the consumer group)".into()));
     a.metrics.start(a.quiet)?;
     // The SQL endpoint, while the job runs (and after, until interrupted).
     let sql_thread = match (&cfg.lake_dir, a.no_sql) {
@@ -193,9 +202,12 @@ fn embedded(
         report(&summary, false)?;
         eprintln!("co2cast: all input processed; still consuming from {} (Ctrl-C to stop)", cluster.bootstrap_servers());
         let summary = processor.run(stop, false, |_| {})?;
+        // The clients first: a broker that goes before them reads as an outage.
+        drop(processor);
         drop(cluster);
         return Ok(summary);
     }
+    drop(processor);
     drop(cluster);
     Ok(summary)
 }

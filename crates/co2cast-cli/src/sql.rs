@@ -226,7 +226,7 @@ pub fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed)).map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed)).map_err(|e| format!("cannot install the SIGINT/SIGTERM handler: {e}"))?;
     }
     let cfg = a.sql.config()?;
     cfg.validate().map_err(|e| format!("SQL endpoint: {e}"))?;

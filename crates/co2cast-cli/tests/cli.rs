@@ -53,13 +53,26 @@ fn errors_are_messages_not_panics() {
         vec!["estimate", "--base-year", "2019", "--year", "2018"],
         vec!["estimate", "--base-year", "2018", "--year", "2019", "--province", "Atlantis"],
         vec!["backtest", "--base-year", "2018", "--target-year", "2019", "--model-config", "/nonexistent.json"],
+        vec!["run", "--no-metrics", "--provinces", "XX", "--exit-when-idle"],
+        vec!["run", "--metrics-listen", "not-an-address", "--exit-when-idle"],
+        vec!["run", "--no-metrics", "--brokers", "", "--exit-when-idle"],
+        vec!["run", "--no-metrics", "--config", "/nonexistent.toml"],
     ] {
         let out = co2cast(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} should fail");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
-        assert!(err.contains("error"), "{args:?}: {err}");
+        // One line, saying whose error it is.
+        let last = err.lines().last().unwrap_or("");
+        assert!(last.starts_with("error (user): "), "{args:?}: {err}");
     }
+    // A settings file that does not parse: still one line.
+    let bad = std::env::temp_dir().join(format!("co2cast-bad-{}.toml", std::process::id()));
+    std::fs::write(&bad, "[processor\nbrokers = 1\n").unwrap();
+    let out = co2cast(&["run", "--no-metrics", "--config", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error (user): "), "{err}");
     let out = co2cast(&["backtest", "--base-year", "2018", "--target-year", "2019", "--data", "/nonexistent/dir"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dir"));
 }

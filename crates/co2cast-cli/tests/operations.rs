@@ -384,7 +384,10 @@ fn prometheus_dashboards_and_alerts_read_what_the_processor_exposes() {
         assert!(rows > 0, "{title}: no rows for {sql}");
     }
     assert!(!psql(sql_port, "DELETE FROM inventory").status.success());
-    assert!(!psql(sql_port, "SELEKT 1").status.success());
+    // Mistakes in a query are the query's, whichever layer finds them.
+    for bad in ["SELEKT 1", "SELECT 'abc", "SELECT 1/0", "SELECT CAST('x' AS INT)"] {
+        assert!(!psql(sql_port, bad).status.success(), "{bad}");
+    }
 
     // The exposition against the specification, and against the checkpoint's accounting.
     let (code, text) = http_get(metrics_port, "/metrics").unwrap();
@@ -406,7 +409,8 @@ fn prometheus_dashboards_and_alerts_read_what_the_processor_exposes() {
         assert_eq!(c["dead_lettered_by_code"][code].as_u64(), Some(*n as u64), "{code}");
     }
     assert_eq!(sum("co2cast_sql_query_errors_total", &|l| l["class"] == "refused"), 1);
-    assert_eq!(sum("co2cast_sql_query_errors_total", &|l| l["class"] == "invalid_query"), 1);
+    assert_eq!(sum("co2cast_sql_query_errors_total", &|l| l["class"] == "invalid_query"), 4);
+    assert_eq!(sum("co2cast_sql_query_errors_total", &|l| l["class"] == "internal"), 0);
     assert!(sum("co2cast_sql_query_duration_seconds_count", &|_| true) >= estimates_queries.len() as u64);
     assert!(sum("co2cast_checkpoint_writes_total", &|_| true) >= 1);
     assert_eq!(sum("co2cast_broker_up", &|_| true), 1);

@@ -162,7 +162,9 @@ impl Lake {
     pub fn bind_lineage(&mut self, lineage: &str) -> Result<(), LakeError> {
         match &self.manifest.lineage {
             Some(l) if l == lineage => Ok(()),
-            Some(l) if !self.manifest.files.is_empty() => Err(LakeError::Format {
+            // Files of commit 0 only (the inventory written at open) come from a run that
+            // never checkpointed: nothing of it is owed to anyone, and the new run takes over.
+            Some(l) if self.manifest.files.values().any(|f| f.commit > 0) => Err(LakeError::Format {
                 path: self.root.clone(),
                 msg: format!(
                     "this lake was written by another run (lineage {l}) than the state being resumed (lineage {lineage}); pass the state directory that wrote it, or another --lake"

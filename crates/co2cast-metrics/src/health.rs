@@ -17,7 +17,16 @@ pub fn remove_check(name: &str) {
     CHECKS.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
 }
 
-/// Every check's verdict, by name.
+/// Every check's verdict, by name. A check that panics is a failed check, not a failed
+/// endpoint.
 pub fn readiness() -> Vec<(String, Result<(), String>)> {
-    CHECKS.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(n, c)| (n.clone(), c())).collect()
+    CHECKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(n, c)| {
+            let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(c)).unwrap_or_else(|_| Err("the check failed internally (see the log)".into()));
+            (n.clone(), verdict)
+        })
+        .collect()
 }

@@ -269,6 +269,8 @@ pub struct Processor {
     /// Wall-clock start of the current flush: the vintage of what it publishes.
     flush_started_at: DateTime<Utc>,
     received_counter: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Held for the life of the processor (see `writer_lock`).
+    _writer_locks: Vec<std::fs::File>,
     /// The checkpoint's `received` when this processor started.
     received_at_start: u64,
     input_complete: Option<Arc<AtomicBool>>,
@@ -386,6 +388,12 @@ impl Processor {
         cfg.topics.check().map_err(PipelineError::Config)?;
         let watermarks = Watermarks::new(Duration::seconds(cfg.allowed_lateness_s), Duration::seconds(cfg.signal_idle_timeout_s));
         let settings = cfg.estimate_settings();
+        // One writer per state directory and per lake: a second process would interleave
+        // checkpoints and lake commits with this one's.
+        let mut writer_locks = vec![writer_lock(&cfg.checkpoint_dir, "LOCK", "state directory")?];
+        if let Some(dir) = &cfg.lake_dir {
+            writer_locks.push(writer_lock(dir, "_writer.lock", "lake")?);
+        }
         let mut ckpt = Checkpoint::load(&cfg.checkpoint_dir)?.unwrap_or_else(|| Checkpoint::empty(watermarks, settings.clone()));
         if ckpt.settings != settings {
             return Err(PipelineError::Config(format!(
@@ -445,6 +453,14 @@ impl Processor {
         let inventory_years = history.inventory.years();
         co2cast_metrics::enable(co2cast_metrics::Role::Processor, env!("CARGO_PKG_VERSION"), co2cast_model::estimate::MODEL_VERSION);
         initialise_metrics();
+        // The checkpoint age counts from the last checkpoint on disk (from the start when there
+        // is none), so a processor that never manages a first checkpoint still ages.
+        let since = std::fs::metadata(cfg.checkpoint_dir.join("checkpoint.json"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or_else(co2cast_metrics::unix_now_s, |d| d.as_secs_f64());
+        co2cast_metrics::metrics().checkpoint_age.set_since("", since);
         let status = crate::readiness::ProcessorStatus::new(cfg.ready_max_lag_messages, cfg.ready_max_checkpoint_delay_s);
         status.register();
         let newest_published = newest_published_days(&ckpt);
@@ -475,6 +491,7 @@ impl Processor {
             resync: false,
             flush_started_at: Utc::now(),
             received_counter: None,
+            _writer_locks: writer_locks,
             received_at_start: 0,
             input_complete: None,
             status,
@@ -602,7 +619,8 @@ impl Processor {
     }
 
     /// Coverage of the current year per province and signal: months received through the
-    /// signal's latest month (over all scopes), divided by that month's number.
+    /// signal's latest month (over all scopes), divided by that month's number; for the
+    /// provinces that publish the signal.
     fn update_coverage(&self, live: &ProxyPanel) {
         let Some(year) = self.latest_event_year() else { return };
         let mut months: BTreeMap<(co2cast_model::proxy::Signal, Scope), BTreeSet<u32>> = BTreeMap::new();
@@ -625,6 +643,16 @@ impl Processor {
         for (signal, (through, provincial)) in latest {
             let scopes: Vec<Scope> = if provincial { Province::ALL.iter().map(|p| Scope::Province(*p)).collect() } else { vec![Scope::National] };
             for scope in scopes {
+                // Only provinces that publish the signal (it had values the year before, in
+                // the history or received): a province that never reports alumina is not a
+                // coverage gap.
+                let published_before = (1..=12).any(|m| {
+                    let ym = YearMonth::new(year - 1, m);
+                    self.history.proxies.monthly(signal, scope, ym).is_some() || live.monthly(signal, scope, ym).is_some()
+                });
+                if !published_before && !months.contains_key(&(signal, scope)) {
+                    continue;
+                }
                 let have = months.get(&(signal, scope)).map_or(0, |ms| ms.iter().filter(|m| **m <= through).count());
                 let label = match scope {
                     Scope::Province(p) => p.iso_code(),
@@ -1319,6 +1347,33 @@ fn initialise_metrics() {
 
 /// The `operation` label values of broker errors and retries.
 pub const BROKER_OPERATIONS: [&str; 6] = ["consume", "produce", "flush", "metadata", "watermarks", "commit"];
+
+/// An exclusive lock on `<dir>/<name>` (created with the directory), released when the file
+/// is closed, also when the process is killed; or a configuration error naming the holder.
+fn writer_lock(dir: &std::path::Path, name: &str, what: &str) -> Result<std::fs::File, PipelineError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(name);
+    let io = |e: std::io::Error| PipelineError::Config(format!("{what} {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+    match f.try_lock() {
+        Ok(()) => {
+            f.set_len(0).map_err(io)?;
+            let _ = write!(f, "{}", std::process::id());
+            Ok(f)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = f.seek(std::io::SeekFrom::Start(0)).and_then(|_| f.read_to_string(&mut holder));
+            Err(PipelineError::Config(format!(
+                "{what} {} is in use by another co2cast process (pid {}); stop it, or use another directory",
+                dir.display(),
+                holder.trim()
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
+}
 
 /// The newest day of each sector in what a checkpoint has published.
 fn newest_published_days(ckpt: &Checkpoint) -> BTreeMap<String, NaiveDate> {

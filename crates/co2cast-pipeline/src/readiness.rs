@@ -32,25 +32,25 @@ impl ProcessorStatus {
     /// The verdict `/readyz` gives.
     pub fn check(&self) -> Result<(), String> {
         let now = unix_ms();
-        if !self.subscribed.load(Ordering::Acquire) {
-            return Err("not subscribed yet (waiting for the brokers)".into());
-        }
         let down = self.broker_down_since_ms.load(Ordering::Acquire);
         if down > 0 {
             return Err(format!("brokers unreachable for {:.0} s", now.saturating_sub(down) as f64 / 1000.0));
+        }
+        if !self.subscribed.load(Ordering::Acquire) {
+            return Err("not subscribed yet (waiting for the brokers)".into());
         }
         if self.assigned_partitions.load(Ordering::Acquire) == 0 {
             return Err("no partitions assigned".into());
         }
         let lag = self.lag_messages.load(Ordering::Acquire);
-        if lag > self.max_lag_messages as i64 {
+        if lag > i64::try_from(self.max_lag_messages).unwrap_or(i64::MAX) {
             return Err(format!("{lag} messages behind (at most {} for ready)", self.max_lag_messages));
         }
         if self.checkpoint_failing.load(Ordering::Acquire) {
             return Err("the last checkpoint failed".into());
         }
         let since = self.unflushed_since_ms.load(Ordering::Acquire);
-        if since > 0 && now.saturating_sub(since) > self.max_checkpoint_delay_s * 1000 {
+        if since > 0 && now.saturating_sub(since) > self.max_checkpoint_delay_s.saturating_mul(1000) {
             return Err(format!(
                 "input handled {:.0} s ago is not checkpointed yet (at most {} s for ready)",
                 now.saturating_sub(since) as f64 / 1000.0,

@@ -278,3 +278,28 @@ fn when_flushes_happen_does_not_change_the_estimates() {
         assert!(differing.is_empty() && other.len() == batch.len(), "{name}: {} of {} rows differ from the one-flush run, e.g. {:?}", differing.len(), batch.len(), differing.iter().take(5).collect::<Vec<_>>());
     }
 }
+
+/// One writer per state directory and per lake: a second processor on either is refused at
+/// start with a configuration error, and the lock goes with the first.
+#[test]
+fn a_second_processor_on_the_same_state_or_lake_is_refused() {
+    let (data, _) = sample();
+    let broker = TestBroker::start("t");
+    let dir = tempdir("locked");
+    let lake = dir.join("lake");
+    let with_lake = |state: &std::path::Path| ProcessorConfig { lake_dir: Some(lake.clone()), ..config(&broker, state) };
+    let first = Processor::new(with_lake(&dir.join("a")), data.clone()).unwrap();
+    for (state, what) in [(dir.join("a"), "state directory"), (dir.join("b"), "lake")] {
+        match Processor::new(with_lake(&state), data.clone()) {
+            Ok(_) => panic!("a second writer of the {what} was let in"),
+            Err(e) => {
+                assert_eq!(e.domain(), co2cast_metrics::ErrorDomain::User);
+                assert!(e.to_string().contains(&format!("{what} ")) && e.to_string().contains("in use by another co2cast process"), "{e}");
+            }
+        }
+    }
+    drop(first);
+    if let Err(e) = Processor::new(with_lake(&dir.join("a")), data) {
+        panic!("the lock outlived its processor: {e}");
+    }
+}

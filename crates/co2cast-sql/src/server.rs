@@ -289,6 +289,29 @@ pub fn error_class(e: &PgWireError) -> (&'static str, String) {
     }
 }
 
+/// Errors the engine reports as internal (XX000) although they are the query's: a division
+/// by zero, a value that does not cast, memory exhausted. Clients and the error metric get the
+/// SQLSTATE of what happened.
+fn with_sqlstate(e: PgWireError) -> PgWireError {
+    let text = match &e {
+        PgWireError::UserError(info) if info.code == "XX000" => info.message.clone(),
+        PgWireError::ApiError(inner) => inner.to_string(),
+        _ => return e,
+    };
+    let code = if text.contains("Divide by zero") || text.contains("division by zero") {
+        "22012"
+    } else if text.contains("Cast error") || text.contains("Cannot cast") || text.contains("Parser error") || text.contains("Unsupported CAST") {
+        "22P02"
+    } else if text.contains("Resources exhausted") {
+        "53200"
+    } else if text.contains("sql parser error") {
+        "42601"
+    } else {
+        return e;
+    };
+    PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), text)))
+}
+
 /// Times a statement and counts its failure by class.
 fn observe<T>(protocol: &str, started: std::time::Instant, result: &PgWireResult<T>) {
     let failed = result.as_ref().err().map(error_class);
@@ -301,8 +324,11 @@ fn observe<T>(protocol: &str, started: std::time::Instant, result: &PgWireResult
     .emit();
 }
 
+/// A text refused before parsing: too long or too deep (54001), or not SQL at all (42601, as
+/// the parser would say).
 fn text_error(msg: String) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), "54001".into(), msg)))
+    let code = if msg.starts_with(crate::text_limits::SYNTAX_PREFIX) { "42601" } else { "54001" };
+    PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), msg)))
 }
 
 #[async_trait]
@@ -319,6 +345,7 @@ impl SimpleQueryHandler for GuardedSession {
             Ok(()) => SimpleQueryHandler::do_query(&*self.inner, client, query).await,
             Err(e) => Err(e),
         };
+        let result = result.map_err(with_sqlstate);
         observe("simple", started, &result);
         result
     }
@@ -373,6 +400,7 @@ impl ExtendedQueryHandler for GuardedSession {
     {
         let started = std::time::Instant::now();
         let result = ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await;
+        let result = result.map_err(with_sqlstate);
         observe("extended", started, &result);
         result
     }

@@ -19,12 +19,16 @@ pub const MAX_EXPRESSION_DEPTH: usize = 1024;
 /// runs with room to spare, unoptimised (`readonly::plan_tests::deepest_accepted_expression_plans_and_runs`).
 pub const SQL_THREAD_STACK_BYTES: usize = 64 << 20;
 
+/// How a refusal for a text that does not tokenise (an unterminated string, say) begins: a
+/// syntax error, not a limit.
+pub const SYNTAX_PREFIX: &str = "SQL syntax: ";
+
 /// Why a text is refused before parsing, or `Ok`.
 pub fn check(sql: &str) -> Result<(), String> {
     if sql.len() > MAX_SQL_BYTES {
         return Err(format!("SQL text of {} bytes is longer than the {MAX_SQL_BYTES} bytes accepted", sql.len()));
     }
-    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().map_err(|e| format!("SQL: {e}"))?;
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().map_err(|e| format!("{SYNTAX_PREFIX}{e}"))?;
     let depth = expression_depth(&tokens);
     if depth > MAX_EXPRESSION_DEPTH {
         return Err(format!(
