@@ -16,7 +16,7 @@ pub struct Args {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Kafka bootstrap servers. Without it, an in-process Kafka is started and the bundled
-    /// sample (2018–2019, 31 provinces) is replayed into it.
+    /// data (2019, the latest inventory year, to December 2024; 31 provinces) are replayed into it.
     #[arg(long)]
     brokers: Option<String>,
     /// Where checkpoints are kept (offsets and state, written atomically together); by
@@ -150,9 +150,10 @@ fn embedded(
     let resumed = co2cast_pipeline::checkpoint::Checkpoint::load(&dir)?.map(|c| (c.sequence, c.counters.received));
     cfg.checkpoint_dir = dir;
     cfg.fresh_log = true;
-    let records = records_from_dataset(&history, 2018..=2019, Some(2019));
+    let (first, last) = embedded_years(&history);
+    let records = records_from_dataset(&history, first..=last, Some(first));
     eprintln!(
-        "co2cast: embedded Kafka at {}; replaying {} real proxy messages (2018-2019, 31 provinces) from the bundled sample",
+        "co2cast: embedded Kafka at {}; replaying {} real proxy messages ({first}-{last}, 31 provinces) from the bundled data",
         cfg.brokers,
         records.len()
     );
@@ -210,6 +211,15 @@ fn embedded(
     drop(processor);
     drop(cluster);
     Ok(summary)
+}
+
+/// The years the embedded run replays: from the latest inventory year (its estimates meet the
+/// inventory; the year before comes from the bundled history) to the latest month of data
+/// (estimates from the latest base year, one to five years ahead).
+pub fn embedded_years(history: &co2cast_data::Dataset) -> (i32, i32) {
+    let first = history.inventory.years().last().copied().unwrap_or(2019);
+    let last = history.proxies.last_months().values().map(|m| m.year).max().unwrap_or(first).max(first);
+    (first, last)
 }
 
 fn report(s: &RunSummary, json: bool) -> Result<(), Box<dyn std::error::Error>> {

@@ -276,16 +276,16 @@ fn restarting_the_embedded_run_resumes_without_emptying_the_lake() {
     let brokers = brokers.expect("the run names its embedded Kafka");
     let before = latest_in_lake(&lake);
     assert!(!before.is_empty());
-    // A revised December 2018 value for Hebei from outside the sample, produced with kcat.
-    let key = "power.generation/CN-HE/2018-12-01T00:00:00+08:00";
-    let body = r#"{"province":"CN-HE","period_start":"2018-12-01T00:00:00+08:00","granularity":"month","fuel":"thermal","value":30000,"unit":"GWh","source":"outside-the-sample","revision":7}"#;
+    // A revised December 2019 value for Hebei from outside the sample, produced with kcat.
+    let key = "power.generation/CN-HE/2019-12-01T00:00:00+08:00";
+    let body = r#"{"province":"CN-HE","period_start":"2019-12-01T00:00:00+08:00","granularity":"month","fuel":"thermal","value":30000,"unit":"GWh","source":"outside-the-sample","revision":7}"#;
     let mut kcat = Command::new("kcat").args(["-b", &brokers, "-P", "-t", "proxy.power.generation", "-K", "\t"]).stdin(Stdio::piped()).spawn().unwrap();
     {
         use std::io::Write;
         writeln!(kcat.stdin.take().unwrap(), "{key}\t{body}").unwrap();
     }
     assert!(kcat.wait().unwrap().success());
-    let revised = |rows: &BTreeMap<String, serde_json::Value>| rows["CN-HE/power/2018-12-15"]["value_mtco2"].as_f64().unwrap();
+    let revised = |rows: &BTreeMap<String, serde_json::Value>| rows["CN-HE/power/2019-12-15"]["value_mtco2"].as_f64().unwrap();
     let t = std::time::Instant::now();
     let after_outside = loop {
         let rows = latest_in_lake(&lake);

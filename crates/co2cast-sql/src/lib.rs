@@ -92,6 +92,9 @@ pub async fn register_tables(ctx: &SessionContext, dir: &Path) -> DfResult<Vec<&
             let schema = options.infer_schema(&ctx.state(), &table_path).await?;
             let listing = ListingTable::try_new(ListingTableConfig::new(table_path).with_listing_options(options).with_schema(schema))?
                 .with_cache(ctx.runtime_env().cache_manager.get_file_statistic_cache());
+            // A retry (the lake changed while this ran) replaces what the attempt before
+            // registered.
+            ctx.deregister_table(table)?;
             ctx.register_table(table, Arc::new(lake_table::LakeTable::new(table, listing))).map(|_| true)
         })
         .await?;
