@@ -21,7 +21,7 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Monte Carlo members.
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 400, value_parser = crate::operations::members)]
     members: usize,
     /// Model settings as JSON (see `co2cast model-config`); defaults to the built-in ones.
     #[arg(long)]

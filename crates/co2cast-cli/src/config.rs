@@ -18,8 +18,8 @@ pub struct RunConfig {
 pub fn load(file: Option<&Path>) -> Result<RunConfig, String> {
     let mut fig = Figment::from(Serialized::defaults(RunConfig::default()));
     if let Some(f) = file {
-        if !f.exists() {
-            return Err(format!("config file {} does not exist", f.display()));
+        if !f.is_file() {
+            return Err(format!("config file {} does not exist or is not a file", f.display()));
         }
         fig = fig.merge(Toml::file(f));
     }

@@ -27,7 +27,7 @@ pub struct Args {
     national: bool,
     #[arg(long)]
     data: Option<PathBuf>,
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 400, value_parser = crate::operations::members)]
     members: usize,
     #[arg(long, default_value_t = 20_190_101)]
     seed: u64,

@@ -64,9 +64,11 @@ fn main() -> ExitCode {
                 e.exit();
             }
             // A bad flag is the user's error, on one line like every other.
+            // The message is the paragraph before the usage (it may list the missing flags).
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
-            eprintln!("error (user): {first} (see --help)");
+            let message: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+            let message = message.join(" ");
+            eprintln!("error (user): {} (see --help)", message.trim_start_matches("error: "));
             return ExitCode::from(2);
         }
     };

@@ -26,3 +26,23 @@ impl MetricsFlags {
         Ok(())
     }
 }
+
+/// `host:port[,host:port…]`: anything else would be retried forever as a broker outage, so it
+/// is refused as a setting.
+pub fn check_brokers(brokers: &str) -> Result<(), String> {
+    let bad = brokers.split(',').map(str::trim).find(|h| h.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()));
+    if brokers.trim().is_empty() || bad.is_some() {
+        return Err(format!("brokers: `{brokers}` is not a list of host:port (e.g. kafka:9092,kafka2:9092)"));
+    }
+    Ok(())
+}
+
+/// Monte Carlo members: enough for a 95 % band from quantiles (20), and not so many that the
+/// ensemble cannot be held (100,000).
+pub fn members(text: &str) -> Result<usize, String> {
+    let n: usize = text.parse().map_err(|_| format!("`{text}` is not a number of members"))?;
+    if !(20..=100_000).contains(&n) {
+        return Err(format!("{n} members: between 20 and 100000 are accepted"));
+    }
+    Ok(n)
+}

@@ -50,6 +50,7 @@ pub struct SimulateArgs {
 }
 
 fn producer(brokers: &str) -> Result<BaseProducer, Box<dyn std::error::Error>> {
+    crate::operations::check_brokers(brokers)?;
     Ok(ClientConfig::new().set("bootstrap.servers", brokers).set("enable.idempotence", "true").set("linger.ms", "5").create()?)
 }
 

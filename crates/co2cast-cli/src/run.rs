@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(long)]
     exit_when_idle: bool,
     /// Monte Carlo members per estimate (default from the settings: 200).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::operations::members)]
     members: Option<usize>,
     /// Print the summary as JSON.
     #[arg(long)]
@@ -67,11 +67,7 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let brokers = a.brokers.clone().or_else(|| (a.config.is_some() || std::env::var_os("CO2CAST__PROCESSOR__BROKERS").is_some()).then(|| cfg.brokers.clone()));
     if let Some(b) = &brokers {
-        // host:port[,host:port…]: anything else would be retried forever as an outage.
-        let bad = b.split(',').map(str::trim).find(|h| h.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()));
-        if b.trim().is_empty() || bad.is_some() {
-            return Err(format!("brokers: `{b}` is not a list of host:port (e.g. kafka:9092,kafka2:9092)").into());
-        }
+        crate::operations::check_brokers(b)?;
     }
     if brokers.is_none() {
         // The sample is small: re-estimate often enough to show nowcasts being revised.
@@ -199,7 +195,8 @@ fn embedded(
     bar.finish_and_clear();
     replay.join().map_err(|_| "replay thread panicked")??;
     let _ = ticker.join();
-    if !exit_when_idle {
+    // Stopped (SIGINT/SIGTERM) before the input was all processed: end here, with this summary.
+    if !exit_when_idle && !stop.load(Ordering::Relaxed) {
         report(&summary, false)?;
         eprintln!("co2cast: all input processed; still consuming from {} (Ctrl-C to stop)", cluster.bootstrap_servers());
         let summary = processor.run(stop, false, |_| {})?;

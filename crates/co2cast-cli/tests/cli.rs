@@ -66,6 +66,10 @@ fn errors_are_messages_not_panics() {
         let last = err.lines().last().unwrap_or("");
         assert!(last.starts_with("error (user): "), "{args:?}: {err}");
     }
+    // A missing flag is named.
+    let out = co2cast(&["report", "--year", "2019"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error (user): ") && err.contains("--out") && err.lines().count() == 1, "{err}");
     // A settings file that does not parse: still one line.
     let bad = std::env::temp_dir().join(format!("co2cast-bad-{}.toml", std::process::id()));
     std::fs::write(&bad, "[processor\nbrokers = 1\n").unwrap();
@@ -75,4 +79,31 @@ fn errors_are_messages_not_panics() {
     assert!(err.starts_with("error (user): "), "{err}");
     let out = co2cast(&["backtest", "--base-year", "2018", "--target-year", "2019", "--data", "/nonexistent/dir"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dir"));
+}
+
+/// SIGTERM (what `docker stop` and Kubernetes send) while the embedded run is still replaying:
+/// it stops consuming, publishes and checkpoints what it holds, prints its summary once and
+/// exits 0.
+#[test]
+fn sigterm_mid_replay_ends_cleanly_with_one_summary() {
+    let dir = std::env::temp_dir().join(format!("co2cast-sigterm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_co2cast"))
+        .args(["run", "--no-sql", "--metrics-listen", "127.0.0.1:0", "--quiet", "--members", "20", "--provinces", "CN-HE", "--lake"])
+        .arg(dir.join("lake"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Well into the replay (it takes over a minute), not at its end.
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let all = format!("{}{err}", String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "exit {:?}: {err}", out.status.code());
+    assert_eq!(all.matches("messages in").count(), 1, "{all}");
+    assert!(!all.contains("still consuming"), "{all}");
+    let ckpt = std::fs::read_to_string(dir.join("lake/_state/checkpoint.json")).expect("a checkpoint was written");
+    assert!(ckpt.contains("\"received\""));
 }

@@ -18,6 +18,16 @@ fn sample() -> Vec<ProxyRecord> {
         .collect()
 }
 
+/// A child process killed when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn tempdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("co2cast-cli-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -253,8 +263,8 @@ fn restarting_the_embedded_run_resumes_without_emptying_the_lake() {
     let bin = env!("CARGO_BIN_EXE_co2cast");
     let args = ["run", "--metrics-listen", "127.0.0.1:0", "--members", "40", "--provinces", PROVINCES, "--no-sql", "--quiet"];
     // First run: serves on after the sample, so that a message from outside it can arrive.
-    let mut first = Command::new(bin).args(args).arg("--lake").arg(&lake).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let stderr = first.stderr.take().unwrap();
+    let mut first = KillOnDrop(Command::new(bin).args(args).arg("--lake").arg(&lake).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+    let stderr = first.0.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
         use std::io::BufRead;
@@ -297,8 +307,8 @@ fn restarting_the_embedded_run_resumes_without_emptying_the_lake() {
     };
     // Checkpointed with it: then the first run is killed.
     std::thread::sleep(std::time::Duration::from_millis(500));
-    first.kill().unwrap();
-    let _ = first.wait();
+    first.0.kill().unwrap();
+    let _ = first.0.wait();
 
     // Second run, to the end, while a reader watches the lake.
     let watching = Arc::new(AtomicBool::new(true));

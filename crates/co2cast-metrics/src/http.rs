@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// Default port of the endpoint (Prometheus' allocation for exporters leaves 9464 free).
 pub const DEFAULT_PORT: u16 = 9464;
 const MAX_HEAD_BYTES: usize = 8 * 1024;
-const MAX_CONNECTIONS: usize = 64;
+const MAX_CONNECTIONS: usize = 256;
 /// Connections one client address may hold at once: a slow or hostile client cannot take
 /// the slots that Prometheus and the kubelet's probes need.
 const MAX_CONNECTIONS_PER_ADDRESS: usize = 8;

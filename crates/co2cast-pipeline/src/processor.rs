@@ -640,6 +640,9 @@ impl Processor {
             e.0 = e.0.max(ms.iter().copied().max().unwrap_or(0));
             e.1 |= matches!(sc, Scope::Province(_));
         }
+        // Signals without months this year (series that ended) leave the gauge, as do
+        // provinces that stopped publishing: only what is set below is current.
+        co2cast_metrics::metrics().proxy_coverage.reset();
         for (signal, (through, provincial)) in latest {
             let scopes: Vec<Scope> = if provincial { Province::ALL.iter().map(|p| Scope::Province(*p)).collect() } else { vec![Scope::National] };
             for scope in scopes {

@@ -366,6 +366,7 @@ impl QueryParser for GuardedParser {
             Ok(()) => self.0.parse_sql(client, sql, types).await,
             Err(e) => Err(e),
         };
+        let result = result.map_err(with_sqlstate);
         // A statement that does not parse is answered here; one that does, at execution.
         if result.is_err() {
             observe("extended", started, &result);
