@@ -14,10 +14,7 @@ fn golden_backtest_matches() {
     // The version string changes with every release; the numbers must not change silently.
     got["model_version"] = serde_json::Value::Null;
     let path = dir.join("expected_2017_2019.json");
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
-    }
-    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let expected = expected_at(&path, &got);
     assert_eq!(report.summary.n_rows, 8 * 6);
     if !same(&got, &expected) {
         let g = serde_json::to_string_pretty(&got).unwrap();
@@ -105,9 +102,14 @@ fn golden_national_report_across_2020_matches() {
     let mut got = serde_json::to_value(&report).unwrap();
     got["model_version"] = serde_json::Value::Null;
     let path = dir.join("expected_national_2019_2021.json");
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
-    }
-    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let expected = expected_at(&path, &got);
     assert!(same(&got, &expected), "national report differs from {}", path.display());
+}
+
+/// The golden file at `path` (rewritten from `got` first when `UPDATE_GOLDEN` is set).
+fn expected_at(path: &Path, got: &serde_json::Value) -> serde_json::Value {
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(path, serde_json::to_string_pretty(got).unwrap() + "\n").unwrap();
+    }
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }

@@ -27,15 +27,18 @@ fn fingerprints(dir: &std::path::Path) -> BTreeMap<String, co2cast_pipeline::est
     ckpt.published.rows.into_iter().map(|(k, (_, fp))| (k, fp)).collect()
 }
 
-/// A broker metric summed over its operations.
-fn broker_errors() -> u64 {
+/// A broker counter summed over its operations.
+fn over_operations(counter: impl Fn(&co2cast_metrics::registry::Metrics, &str) -> u64) -> u64 {
     let m = co2cast_metrics::metrics();
-    co2cast_pipeline::processor::BROKER_OPERATIONS.iter().map(|op| m.broker_errors.with_label_values(&[op]).get()).sum()
+    co2cast_pipeline::processor::BROKER_OPERATIONS.iter().map(|op| counter(m, op)).sum()
+}
+
+fn broker_errors() -> u64 {
+    over_operations(|m, op| m.broker_errors.with_label_values(&[op]).get())
 }
 
 fn broker_retries() -> u64 {
-    let m = co2cast_metrics::metrics();
-    co2cast_pipeline::processor::BROKER_OPERATIONS.iter().map(|op| m.broker_retries.with_label_values(&[op]).get()).sum()
+    over_operations(|m, op| m.broker_retries.with_label_values(&[op]).get())
 }
 
 #[test]
