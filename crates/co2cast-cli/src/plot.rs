@@ -128,28 +128,29 @@ pub fn report(a: ReportArgs) -> Res<()> {
     let input = runtime()?.block_on(async {
         let ctx = lake_session(&a.lake, &co2cast_sql::SqlLimits::default()).await?;
         if !tables(&ctx).await?.contains(&"comparison".to_string()) {
-            return Err::<_, Box<dyn std::error::Error>>("the lake has no comparison table yet: it is written once a year with an inventory value is complete".into());
+            return Err::<_, Box<dyn std::error::Error>>("the lake has no comparison table yet: it is written once a year with an inventory or national reference value is complete".into());
         }
         let b = rows(
             &ctx,
             &format!(
-                "SELECT province, sector, estimate_mtco2, p2_5, p97_5, inventory_mtco2, relative_difference, z_score, \
-                 CAST(inside_band_95 AS VARCHAR) AS inside, base_year, CAST(computed_at AS VARCHAR) AS computed_at \
-                 FROM comparison WHERE year = {} ORDER BY province, sector",
+                "SELECT province, sector, reference, estimate_mtco2, p2_5, p97_5, reference_mtco2, reference_scope, scope_difference, \
+                 relative_difference, z_score, CAST(inside_band_95 AS VARCHAR) AS inside, base_year, CAST(computed_at AS VARCHAR) AS computed_at \
+                 FROM comparison WHERE year = {} ORDER BY province, sector, reference",
                 a.year
             ),
         )
         .await?;
         let province = strings(&b, "province")?;
         if province.is_empty() {
-            return Err(format!("no comparison for {} in the lake: the year must be complete and have an inventory value", a.year).into());
+            return Err(format!("no comparison for {} in the lake: the year must be complete and have an inventory or national reference value (CEADs to 2019, GCP to 2021, Energy Institute to 2022)", a.year).into());
         }
+        let (reference, scope, scope_difference) = (strings(&b, "reference")?, strings(&b, "reference_scope")?, strings(&b, "scope_difference")?);
         let (sector, est, lo, hi, inv, rel, z, inside) = (
             strings(&b, "sector")?,
             f64s(&b, "estimate_mtco2")?,
             f64s(&b, "p2_5")?,
             f64s(&b, "p97_5")?,
-            f64s(&b, "inventory_mtco2")?,
+            f64s(&b, "reference_mtco2")?,
             f64s(&b, "relative_difference")?,
             f64s(&b, "z_score")?,
             strings(&b, "inside")?,
@@ -161,7 +162,10 @@ pub fn report(a: ReportArgs) -> Res<()> {
                 estimate_mtco2: est[i],
                 p2_5: lo[i],
                 p97_5: hi[i],
-                inventory_mtco2: inv[i],
+                reference: reference[i].clone(),
+                reference_mtco2: inv[i],
+                reference_scope: scope[i].clone(),
+                scope_difference: scope_difference[i].clone(),
                 relative_difference: rel[i],
                 z_score: z[i],
                 inside_band_95: inside[i] == "true",

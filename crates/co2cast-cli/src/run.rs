@@ -230,11 +230,31 @@ fn report(s: &RunSummary, json: bool) -> Result<(), Box<dyn std::error::Error>> 
     println!("  dead-lettered    {}{}", c.dead_lettered, if c.dead_lettered_by_code.is_empty() { String::new() } else { format!(" {:?}", c.dead_lettered_by_code) });
     println!("  accounting       in = accepted + DLQ: {}", if c.received == c.accepted + c.dead_lettered { "holds" } else { "VIOLATED" });
     println!("estimates published {} ({} of them revisions)", c.estimates_published, c.estimate_revisions_published);
+    let scope = if s.provinces >= co2cast_model::Province::ALL.len() { "every province".to_string() } else { format!("{} provinces", s.provinces) };
     for n in &s.national {
+        let refs: Vec<String> = s
+            .references
+            .iter()
+            .filter(|r| r.1 == n.year)
+            .map(|(source, _, v)| format!("{source} {v:.0} ({:+.1} %)", 100.0 * (n.band.central / v - 1.0)))
+            .collect();
         println!(
-            "national total {} ({} days): {:.0} MtCO2, 95% band [{:.0}, {:.0}] (30 provinces with an inventory)",
-            n.year, n.days, n.band.central, n.band.p2_5, n.band.p97_5
+            "national total {} ({} days): {:.0} MtCO2, 95% band [{:.0}, {:.0}] ({scope}){}",
+            n.year,
+            n.days,
+            n.band.central,
+            n.band.p2_5,
+            n.band.p97_5,
+            if refs.is_empty() { String::new() } else { format!("; references: {}", refs.join(", ")) }
         );
+    }
+    if !s.data_as_of.is_empty() {
+        let list: Vec<String> = s
+            .data_as_of
+            .iter()
+            .map(|a| if a.scopes_at_last_month == a.scopes { format!("{} {}", a.signal, a.last_month) } else { format!("{} {} ({} of {} scopes)", a.signal, a.last_month, a.scopes_at_last_month, a.scopes) })
+            .collect();
+        println!("data as of         {}", list.join(", "));
     }
     Ok(())
 }

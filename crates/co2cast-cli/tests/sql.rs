@@ -464,10 +464,12 @@ fn plot_and_report_draw_what_the_lake_holds() {
     let out = Command::new(BIN).args(["report", "--lake", &lake, "--year", "2019", "--out"]).arg(&report).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let html = std::fs::read_to_string(report.join("index.html")).unwrap();
-    let lines = query_json("SELECT province, sector, estimate_mtco2 FROM comparison WHERE year = 2019");
+    let lines = query_json("SELECT province, sector, reference, estimate_mtco2 FROM comparison WHERE year = 2019");
     assert!(!lines.is_empty());
-    assert_eq!(html.matches("<tr class=").count(), lines.iter().filter(|l| l["province"] != "CN").count(), "one table row per province and province-sector");
-    let national = lines.iter().find(|l| l["province"] == "CN" && l["sector"] == "all").expect("a national comparison line");
+    assert_eq!(html.matches("<tr class=").count(), lines.len(), "one table row per province, province-sector and national reference");
+    // Three provinces are not the country: the national total meets only their inventory sum.
+    assert!(lines.iter().all(|l| l["reference"] == "ceads"), "national references need every province");
+    let national = lines.iter().find(|l| l["province"] == "CN" && l["sector"] == "all" && l["reference"] == "ceads").expect("a national comparison line");
     assert!(html.contains(&format!("<b>{:.0} MtCO2</b>", f(&national["estimate_mtco2"]))), "the national estimate is quoted");
     assert_eq!(html.matches("<svg").count(), 2, "the national series and the provinces chart");
     let csv = std::fs::read_to_string(report.join("comparison.csv")).unwrap();

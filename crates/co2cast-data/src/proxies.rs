@@ -360,6 +360,10 @@ pub fn load_national_references(gcp_csv: &Path, ei_csv: &Path) -> Result<Vec<co2
 /// A reference series with its scope, as co2cast describes it.
 pub fn national_reference(source: &str, values: std::collections::BTreeMap<i32, f64>) -> co2cast_model::references::NationalReference {
     let (scope, difference) = match source {
+        "ceads" => (
+            "CEADs provincial inventories: territorial CO2 from 17 fossil fuels and cement process, by IPCC sector, summed over 30 provinces (Tibet absent)",
+            "none: co2cast is calibrated on this inventory",
+        ),
         "gcp" => (
             "Global Carbon Budget 2022: territorial CO2 from fossil fuels and cement, international bunkers excluded",
             "built on national energy statistics (the provincial sum CEADs uses runs higher, the 'gigatonne gap'); cement process CO2 from GCP's own factors",

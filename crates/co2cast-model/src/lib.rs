@@ -11,6 +11,7 @@ pub mod calendar;
 pub mod calibration;
 pub mod domain;
 pub mod estimate;
+pub mod grid_intensity;
 pub mod inventory;
 pub mod proxy;
 pub mod references;

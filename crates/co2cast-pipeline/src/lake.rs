@@ -174,7 +174,7 @@ impl LakeSink {
         self.pending.push(tables::ESTIMATE_ENSEMBLE.file(&[year, month as i32], format!("{}.parquet", first.province.iso_code()), batch));
     }
 
-    /// Annual estimate against the inventory, for a complete year.
+    /// Annual estimates against the inventory and the national references, for a complete year.
     pub fn comparison(&mut self, year: i32, lines: &[ComparisonLine], computed_at: DateTime<Utc>) {
         let mut b = ComparisonBuilders::default();
         for l in lines {
@@ -266,12 +266,17 @@ impl LakeSink {
     }
 }
 
-/// One line of the comparison table.
+/// One line of the comparison table: an estimated annual total against one reference.
 pub struct ComparisonLine {
     pub province: String,
     pub sector: String,
     pub band: Band,
-    pub inventory_mtco2: f64,
+    /// `ceads` (the yearbook inventory co2cast is calibrated on), `gcp` or `energy_institute`.
+    pub reference: String,
+    pub reference_mtco2: f64,
+    /// What the reference covers, and how that differs from co2cast's scope.
+    pub reference_scope: String,
+    pub scope_difference: String,
     pub base_year: i32,
 }
 
@@ -279,40 +284,54 @@ pub struct ComparisonLine {
 struct ComparisonBuilders {
     p: StringBuilder,
     s: StringBuilder,
+    r: StringBuilder,
     f: [Float64Builder; 7],
     inside: BooleanBuilder,
     base: Int32Builder,
+    scope: StringBuilder,
+    difference: StringBuilder,
 }
 
 impl ComparisonBuilders {
     fn push(&mut self, l: &ComparisonLine) {
         let b = &l.band;
-        let diff = b.central - l.inventory_mtco2;
+        let diff = b.central - l.reference_mtco2;
         // Standard deviation implied by the 95 % band (±1.96 σ for a normal ensemble).
         let sigma = (b.p97_5 - b.p2_5) / (2.0 * 1.959_964);
         let z = if sigma > 0.0 { diff / sigma } else { f64::NAN };
         self.p.append_value(&l.province);
         self.s.append_value(&l.sector);
-        for (bld, v) in self.f.iter_mut().zip([b.central, b.p2_5, b.p97_5, l.inventory_mtco2, diff, diff / l.inventory_mtco2, z]) {
+        self.r.append_value(&l.reference);
+        for (bld, v) in self.f.iter_mut().zip([b.central, b.p2_5, b.p97_5, l.reference_mtco2, diff, diff / l.reference_mtco2, z]) {
             bld.append_value(v);
         }
-        self.inside.append_value(b.contains_95(l.inventory_mtco2));
+        self.inside.append_value(b.contains_95(l.reference_mtco2));
         self.base.append_value(l.base_year);
+        self.scope.append_value(&l.reference_scope);
+        self.difference.append_value(&l.scope_difference);
     }
 
     fn finish(mut self, computed_at: DateTime<Utc>) -> RecordBatch {
         let n = self.p.len();
-        let names = ["estimate_mtco2", "p2_5", "p97_5", "inventory_mtco2", "difference_mtco2", "relative_difference", "z_score"];
+        let names = ["estimate_mtco2", "p2_5", "p97_5", "reference_mtco2", "difference_mtco2", "relative_difference", "z_score"];
         // `year` is the partition column.
-        let mut fields = vec![field("province", DataType::Utf8), field("sector", DataType::Utf8)];
+        let mut fields = vec![field("province", DataType::Utf8), field("sector", DataType::Utf8), field("reference", DataType::Utf8)];
         fields.extend(names.iter().map(|n| field(n, DataType::Float64)));
-        fields.extend([field("inside_band_95", DataType::Boolean), field("base_year", DataType::Int32), field("computed_at", ts_type())]);
-        let mut cols: Vec<ArrayRef> = vec![Arc::new(self.p.finish()), Arc::new(self.s.finish())];
+        fields.extend([
+            field("inside_band_95", DataType::Boolean),
+            field("base_year", DataType::Int32),
+            field("reference_scope", DataType::Utf8),
+            field("scope_difference", DataType::Utf8),
+            field("computed_at", ts_type()),
+        ]);
+        let mut cols: Vec<ArrayRef> = vec![Arc::new(self.p.finish()), Arc::new(self.s.finish()), Arc::new(self.r.finish())];
         for b in self.f.iter_mut() {
             cols.push(Arc::new(b.finish()));
         }
         cols.push(Arc::new(self.inside.finish()));
         cols.push(Arc::new(self.base.finish()));
+        cols.push(Arc::new(self.scope.finish()));
+        cols.push(Arc::new(self.difference.finish()));
         cols.push(Arc::new(TimestampMicrosecondArray::from(vec![computed_at.timestamp_micros(); n]).with_timezone("UTC")));
         RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).expect("schema")
     }

@@ -226,6 +226,42 @@ pub struct RunSummary {
     pub counters: crate::checkpoint::Counters,
     pub national: Vec<NationalYear>,
     pub checkpoints: u64,
+    /// Provinces estimated (all of them unless the run was limited).
+    pub provinces: usize,
+    /// Per signal, the latest month received and how many scopes reached it.
+    pub data_as_of: Vec<SignalAsOf>,
+    /// National references for the years of `national` (source, year, MtCO2).
+    pub references: Vec<(String, i32, f64)>,
+}
+
+/// The latest month of one signal that went into the estimates.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SignalAsOf {
+    pub signal: String,
+    /// `YYYY-MM`.
+    pub last_month: String,
+    /// Scopes (provinces, or `CN`) whose series reach `last_month`, of `scopes` with any data.
+    pub scopes_at_last_month: usize,
+    pub scopes: usize,
+}
+
+/// Per signal, the newest month of the frontier, and how many scopes reach it.
+pub fn data_as_of(frontier: &crate::checkpoint::Frontier) -> Vec<SignalAsOf> {
+    let mut by: BTreeMap<co2cast_model::proxy::Signal, Vec<YearMonth>> = BTreeMap::new();
+    for ((signal, _), m) in &frontier.0 {
+        by.entry(*signal).or_default().push(*m);
+    }
+    by.into_iter()
+        .filter_map(|(signal, months)| {
+            let last = *months.iter().max()?;
+            Some(SignalAsOf {
+                signal: signal.as_str().to_string(),
+                last_month: format!("{}-{:02}", last.year, last.month),
+                scopes_at_last_month: months.iter().filter(|m| **m == last).count(),
+                scopes: months.len(),
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -347,13 +383,26 @@ struct YearCache {
 
 impl YearCache {
     /// Estimated totals of the year against the inventory: per province and sector, per
-    /// province (sectors with an inventory value), and national (`national` band).
-    fn comparison(&self, inv: &co2cast_model::inventory::InventoryPanel, year: i32, national: &Band, base_year: i32) -> Vec<crate::lake::ComparisonLine> {
-        let line = |province: &str, sector: &str, band: Band, inventory_mtco2: f64| crate::lake::ComparisonLine {
+    /// province (sectors with an inventory value), and national (`national` band); and the
+    /// national total against every national reference holding the year.
+    fn comparison(
+        &self,
+        inv: &co2cast_model::inventory::InventoryPanel,
+        references: &[co2cast_model::references::NationalReference],
+        year: i32,
+        national: &Band,
+        base_year: i32,
+        whole_country: bool,
+    ) -> Vec<crate::lake::ComparisonLine> {
+        let ceads = co2cast_data::proxies::national_reference("ceads", BTreeMap::new());
+        let line = |province: &str, sector: &str, band: Band, reference: &co2cast_model::references::NationalReference, value: f64| crate::lake::ComparisonLine {
             province: province.into(),
             sector: sector.into(),
             band,
-            inventory_mtco2,
+            reference: reference.source.clone(),
+            reference_mtco2: value,
+            reference_scope: reference.scope.clone(),
+            scope_difference: reference.scope_difference.clone(),
             base_year,
         };
         let mut lines = Vec::new();
@@ -368,16 +417,24 @@ impl YearCache {
                 prov_members.iter_mut().zip(members).for_each(|(a, b)| *a += b);
                 if let Some(v) = inv.sector(*p, *s, year) {
                     prov_inv += v;
-                    lines.push(line(p.iso_code(), s.as_str(), Band::from_members(*central, members), v));
+                    lines.push(line(p.iso_code(), s.as_str(), Band::from_members(*central, members), &ceads, v));
                 }
             }
             if prov_inv > 0.0 {
                 nat_inv += prov_inv;
-                lines.push(line(p.iso_code(), "all", Band::from_members(prov_central, &prov_members), prov_inv));
+                lines.push(line(p.iso_code(), "all", Band::from_members(prov_central, &prov_members), &ceads, prov_inv));
             }
         }
         if nat_inv > 0.0 {
-            lines.push(line("CN", "all", *national, nat_inv));
+            lines.push(line("CN", "all", *national, &ceads, nat_inv));
+        }
+        // National references cover the whole country: a run over some provinces does not compare.
+        if whole_country {
+            for r in references.iter().filter(|r| r.source != "ceads") {
+                if let Some(v) = r.values.get(&year) {
+                    lines.push(line("CN", "all", *national, r, *v));
+                }
+            }
         }
         lines
     }
@@ -748,6 +805,17 @@ impl Processor {
             counters: p.ckpt.counters.clone(),
             national: p.ckpt.national.values().cloned().collect(),
             checkpoints: p.ckpt.sequence,
+            provinces: p.cfg.provinces.as_ref().map_or(Province::ALL.len(), |v| v.len()),
+            data_as_of: data_as_of(&p.ckpt.frontier),
+            references: if p.cfg.provinces.is_some() {
+                Vec::new()
+            } else {
+                p.history
+                    .references
+                    .iter()
+                    .flat_map(|r| p.ckpt.national.keys().filter_map(|y| Some((r.source.clone(), *y, *r.values.get(y)?))))
+                    .collect()
+            },
         };
         if std::mem::take(&mut self.resync) {
             // Rejoin so that partitions are reassigned at the checkpointed offsets.
@@ -1287,10 +1355,12 @@ impl Processor {
                     lake.ensemble(rows, year, m, |k| published.rows.get(k).map(|x| x.0).unwrap_or(0), last_inv);
                 }
             }
-            // A complete year with a yearbook value: compare.
+            // A complete year with an inventory or a national reference value: compare.
             if through.month() == 12 && through.day() == 31 && !changed.is_empty() {
-                let lines = self.cache[&year].comparison(&self.history.inventory, year, &self.ckpt.national[&year].band, last_inv);
-                lake.comparison(year, &lines, at);
+                let lines = self.cache[&year].comparison(&self.history.inventory, &self.history.references, year, &self.ckpt.national[&year].band, last_inv, self.cfg.provinces.is_none());
+                if !lines.is_empty() {
+                    lake.comparison(year, &lines, at);
+                }
             }
         }
         if changed.is_empty() {
@@ -1403,4 +1473,71 @@ pub fn header_map<H: Headers>(h: &H) -> BTreeMap<String, String> {
     h.iter()
         .map(|x| (x.key.to_string(), x.value.map(|v| String::from_utf8_lossy(v).to_string()).unwrap_or_default()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use co2cast_model::inventory::{InventoryItem, InventoryPanel};
+
+    fn cache(provinces: &[Province]) -> YearCache {
+        let band_members = |v: f64| vec![v * 0.98, v, v * 1.02];
+        let provinces = provinces
+            .iter()
+            .map(|p| {
+                let py = ProvinceYear {
+                    rows: Vec::new(),
+                    central: Vec::new(),
+                    members: Vec::new(),
+                    coverage_weighted: Vec::new(),
+                    source: Vec::new(),
+                    sector_totals: vec![(Sector::Power, 100.0, band_members(100.0)), (Sector::Industry, 50.0, band_members(50.0))],
+                };
+                (*p, py)
+            })
+            .collect();
+        YearCache { base_year: 2019, through: NaiveDate::from_ymd_opt(2021, 12, 31).unwrap(), days: Vec::new(), provinces }
+    }
+
+    fn reference(source: &str, year: i32, v: f64) -> co2cast_model::references::NationalReference {
+        co2cast_data::proxies::national_reference(source, BTreeMap::from([(year, v)]))
+    }
+
+    #[test]
+    fn a_year_after_the_inventory_is_compared_with_every_national_reference_holding_it() {
+        let refs = [reference("gcp", 2021, 11_472.0), reference("energy_institute", 2021, 10_523.0), reference("energy_institute", 2022, 10_550.0)];
+        let national = Band::from_members(11_000.0, &[10_500.0, 11_000.0, 11_600.0]);
+        let c = cache(&Province::ALL);
+        let lines = c.comparison(&InventoryPanel::new("none"), &refs, 2021, &national, 2019, true);
+        let got: Vec<(&str, &str, f64)> = lines.iter().map(|l| (l.province.as_str(), l.reference.as_str(), l.reference_mtco2)).collect();
+        assert_eq!(got, vec![("CN", "gcp", 11_472.0), ("CN", "energy_institute", 10_523.0)], "no inventory in 2021: national references only");
+        assert!(lines.iter().all(|l| l.band == national && !l.reference_scope.is_empty() && !l.scope_difference.is_empty()));
+        // A run over some provinces is not the country.
+        assert!(c.comparison(&InventoryPanel::new("none"), &refs, 2021, &national, 2019, false).is_empty());
+    }
+
+    #[test]
+    fn an_inventory_year_compares_provinces_and_the_nation_with_ceads_and_the_references() {
+        let mut inv = InventoryPanel::new("test");
+        inv.add(Province::Guangdong, InventoryItem::Sector(Sector::Power), 2019, 110.0);
+        inv.add(Province::Hebei, InventoryItem::Sector(Sector::Industry), 2019, 40.0);
+        let national = Band::from_members(300.0, &[290.0, 300.0, 310.0]);
+        let c = cache(&[Province::Guangdong, Province::Hebei]);
+        let lines = c.comparison(&inv, &[reference("gcp", 2019, 10_740.0)], 2019, &national, 2018, true);
+        let got: Vec<(&str, &str, &str, f64)> = lines.iter().map(|l| (l.province.as_str(), l.sector.as_str(), l.reference.as_str(), l.reference_mtco2)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("CN-HE", "industry", "ceads", 40.0),
+                ("CN-HE", "all", "ceads", 40.0),
+                ("CN-GD", "power", "ceads", 110.0),
+                ("CN-GD", "all", "ceads", 110.0),
+                ("CN", "all", "ceads", 150.0),
+                ("CN", "all", "gcp", 10_740.0),
+            ]
+        );
+        // A province's band sums its sectors' members (only sectors with an inventory value
+        // count towards the inventory, every sector towards the estimate).
+        assert_eq!(lines[1].band.central, 150.0);
+    }
 }

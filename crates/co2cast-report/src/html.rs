@@ -14,7 +14,11 @@ pub struct ComparisonRow {
     pub estimate_mtco2: f64,
     pub p2_5: f64,
     pub p97_5: f64,
-    pub inventory_mtco2: f64,
+    /// `ceads` (the inventory), `gcp` or `energy_institute`.
+    pub reference: String,
+    pub reference_mtco2: f64,
+    pub reference_scope: String,
+    pub scope_difference: String,
     pub relative_difference: f64,
     pub z_score: f64,
     pub inside_band_95: bool,
@@ -56,9 +60,31 @@ fn table(out: &mut String, rows: &[&ComparisonRow]) {
             r.estimate_mtco2,
             r.p2_5,
             r.p97_5,
-            r.inventory_mtco2,
+            r.reference_mtco2,
             100.0 * r.relative_difference,
             r.z_score,
+            if r.inside_band_95 { "yes" } else { "no" }
+        );
+    }
+    out.push_str("</tbody></table>\n");
+}
+
+/// The national total against each reference, with the reference's scope.
+fn references_table(out: &mut String, rows: &[&ComparisonRow]) {
+    out.push_str("<table><thead><tr><th>reference</th><th>scope</th><th>reference</th><th>estimate</th><th>95 % band</th><th>difference</th><th>inside</th></tr></thead><tbody>\n");
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "<tr class=\"{}\"><td>{}</td><td style=\"text-align:left\">{}<br><span class=\"note\">against co2cast: {}</span></td><td>{:.0}</td><td>{:.0}</td><td>{:.0} – {:.0}</td><td>{:+.1} %</td><td>{}</td></tr>",
+            if r.inside_band_95 { "in" } else { "out" },
+            esc(&r.reference),
+            esc(&r.reference_scope),
+            esc(&r.scope_difference),
+            r.reference_mtco2,
+            r.estimate_mtco2,
+            r.p2_5,
+            r.p97_5,
+            100.0 * r.relative_difference,
             if r.inside_band_95 { "yes" } else { "no" }
         );
     }
@@ -71,23 +97,24 @@ pub fn write_report(input: &ReportInput, dir: &Path) -> Result<PathBuf, ReportEr
         return Err(ReportError::Empty(format!("no comparison rows for {}", input.year)));
     }
     std::fs::create_dir_all(dir).map_err(|e| ReportError::io(dir, e))?;
-    let national = input.rows.iter().find(|r| r.province == "CN" && r.sector == "all");
+    let national = input.rows.iter().find(|r| r.province == "CN" && r.sector == "all" && r.reference == "ceads");
+    let national_references: Vec<&ComparisonRow> = input.rows.iter().filter(|r| r.province == "CN" && r.sector == "all").collect();
     let mut provinces: Vec<&ComparisonRow> = input.rows.iter().filter(|r| r.province != "CN" && r.sector == "all").collect();
-    provinces.sort_by(|a, b| b.inventory_mtco2.total_cmp(&a.inventory_mtco2));
+    provinces.sort_by(|a, b| b.reference_mtco2.total_cmp(&a.reference_mtco2));
     let mut sectors: Vec<&ComparisonRow> = input.rows.iter().filter(|r| r.sector != "all").collect();
     sectors.sort_by(|a, b| b.z_score.abs().total_cmp(&a.z_score.abs()));
 
     let series = series_svg(&input.national)?;
     let chart = ComparisonChart {
         title: format!("{}: provinces, estimate against inventory", input.year),
-        lines: provinces.iter().map(|r| (r.province.clone(), r.estimate_mtco2, r.p2_5, r.p97_5, r.inventory_mtco2)).collect(),
+        lines: provinces.iter().map(|r| (r.province.clone(), r.estimate_mtco2, r.p2_5, r.p97_5, r.reference_mtco2)).collect(),
     };
     let compare = if chart.lines.is_empty() { String::new() } else { comparison_svg(&chart)? };
 
     let mut h = String::new();
     let _ = write!(
         h,
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>co2cast {y}: estimates against the inventory</title>\n<style>body{{font-family:sans-serif;max-width:1240px;margin:1em auto;padding:0 1em;color:#222}}table{{border-collapse:collapse;margin:1em 0}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}}td:nth-child(-n+2),th:nth-child(-n+2){{text-align:left}}tr.out td{{background:#fdecea}}.note{{color:#555;font-size:90%}}</style></head><body>\n<h1>co2cast {y}: daily estimates against the yearbook inventory</h1>\n",
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>co2cast {y}: estimates against the inventory and national references</title>\n<style>body{{font-family:sans-serif;max-width:1240px;margin:1em auto;padding:0 1em;color:#222}}table{{border-collapse:collapse;margin:1em 0}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}}td:nth-child(-n+2),th:nth-child(-n+2){{text-align:left}}tr.out td{{background:#fdecea}}.note{{color:#555;font-size:90%}}</style></head><body>\n<h1>co2cast {y}: daily estimates against the yearbook inventory and national references</h1>\n",
         y = input.year
     );
     if let Some(n) = national {
@@ -97,19 +124,27 @@ pub fn write_report(input: &ReportInput, dir: &Path) -> Result<PathBuf, ReportEr
             n.estimate_mtco2,
             n.p2_5,
             n.p97_5,
-            n.inventory_mtco2,
+            n.reference_mtco2,
             100.0 * n.relative_difference,
             n.z_score,
             if n.inside_band_95 { "inside" } else { "outside" },
             y = input.year
         );
     }
-    let _ = write!(
-        h,
-        "<p>Inventory values inside the 95 % band: provinces {}; province-sectors {}. A calibrated band contains about 95 % of them.</p>\n",
-        coverage(&provinces),
-        coverage(&sectors)
-    );
+    if national.is_none() {
+        let _ = write!(h, "<p>No yearbook inventory for {}: the estimates are forecasts from the base year {} driven by the year's signals, set against national references only.</p>\n", input.year, input.base_year);
+    } else {
+        let _ = write!(
+            h,
+            "<p>Inventory values inside the 95 % band: provinces {}; province-sectors {}. A calibrated band contains about 95 % of them.</p>\n",
+            coverage(&provinces),
+            coverage(&sectors)
+        );
+    }
+    if !national_references.is_empty() {
+        h.push_str("<h2>National total against every reference</h2>\n<p class=\"note\">References differ in scope: read each difference with the scope note beside it.</p>\n");
+        references_table(&mut h, &national_references);
+    }
     let _ = write!(h, "<h2>National daily series</h2>\n<figure>{series}</figure>\n");
     if !compare.is_empty() {
         let _ = write!(h, "<h2>Provinces</h2>\n<figure>{compare}</figure>\n");
@@ -128,12 +163,12 @@ pub fn write_report(input: &ReportInput, dir: &Path) -> Result<PathBuf, ReportEr
     let page = dir.join("index.html");
     std::fs::write(&page, h).map_err(|e| ReportError::io(&page, e))?;
 
-    let mut csv = String::from("province,sector,estimate_mtco2,p2_5,p97_5,inventory_mtco2,relative_difference,z_score,inside_band_95\n");
+    let mut csv = String::from("province,sector,reference,estimate_mtco2,p2_5,p97_5,reference_mtco2,relative_difference,z_score,inside_band_95\n");
     for r in &input.rows {
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{},{},{},{}",
-            r.province, r.sector, r.estimate_mtco2, r.p2_5, r.p97_5, r.inventory_mtco2, r.relative_difference, r.z_score, r.inside_band_95
+            "{},{},{},{},{},{},{},{},{},{}",
+            r.province, r.sector, r.reference, r.estimate_mtco2, r.p2_5, r.p97_5, r.reference_mtco2, r.relative_difference, r.z_score, r.inside_band_95
         );
     }
     let path = dir.join("comparison.csv");
