@@ -142,6 +142,7 @@ fn extract(shared: &std::path::Path, out: &std::path::Path) -> Result<(), Box<dy
     let (inv, months) = raw.load(2005..=2019)?;
     co2cast_data::bundle::write_extract(out, &inv, &months)?;
     co2cast_data::bundle::write_references(out, &raw.references()?)?;
+    co2cast_data::bundle::write_grid_references(out, &raw.grid_references()?)?;
     eprintln!("wrote {} inventory values and {} monthly proxy values to {}", inv.len(), months.len(), out.display());
     Ok(())
 }

@@ -155,7 +155,7 @@ pub fn report(a: ReportArgs) -> Res<()> {
             f64s(&b, "z_score")?,
             strings(&b, "inside")?,
         );
-        let rows = (0..province.len())
+        let lines = (0..province.len())
             .map(|i| ComparisonRow {
                 province: province[i].clone(),
                 sector: sector[i].clone(),
@@ -173,9 +173,24 @@ pub fn report(a: ReportArgs) -> Res<()> {
             .collect();
         let (from, to) = (NaiveDate::from_ymd_opt(a.year, 1, 1).ok_or("year out of range")?, NaiveDate::from_ymd_opt(a.year, 12, 31).ok_or("year out of range")?);
         let national = series(&ctx, "CN", "all", from, to, format!("China, all sectors, {}: daily estimate with 95 % band", a.year)).await?;
+        // Periods start at Asia/Shanghai midnight (16:00 UTC the day before).
+        let data_as_of = if tables(&ctx).await?.contains(&"proxies".to_string()) {
+            let b = rows(
+                &ctx,
+                &format!(
+                    "SELECT signal, to_char(max(period_start) + INTERVAL '8 hours', '%Y-%m') AS last_month FROM proxies WHERE year <= {} GROUP BY signal ORDER BY signal",
+                    a.year
+                ),
+            )
+            .await?;
+            strings(&b, "signal")?.into_iter().zip(strings(&b, "last_month")?).collect()
+        } else {
+            Vec::new()
+        };
         Ok(ReportInput {
+            data_as_of,
             year: a.year,
-            rows,
+            rows: lines,
             national,
             base_year: f64s(&b, "base_year")?[0] as i32,
             computed_at: strings(&b, "computed_at")?[0].clone(),

@@ -70,8 +70,9 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         crate::operations::check_brokers(b)?;
     }
     if brokers.is_none() {
-        // The sample is small: re-estimate often enough to show nowcasts being revised.
-        cfg.checkpoint_every_messages = 2_000;
+        // The sample is small: re-estimate often enough to show nowcasts being revised (about
+        // every five months of releases: some 530 messages a month).
+        cfg.checkpoint_every_messages = 3_000;
     }
     if let Some(n) = a.checkpoint_every {
         cfg.checkpoint_every_messages = n.max(1);

@@ -471,6 +471,7 @@ fn plot_and_report_draw_what_the_lake_holds() {
     assert!(lines.iter().all(|l| l["reference"] == "ceads"), "national references need every province");
     let national = lines.iter().find(|l| l["province"] == "CN" && l["sector"] == "all" && l["reference"] == "ceads").expect("a national comparison line");
     assert!(html.contains(&format!("<b>{:.0} MtCO2</b>", f(&national["estimate_mtco2"]))), "the national estimate is quoted");
+    assert!(html.contains("Data as of") && html.contains("thermal_generation 2019-12"), "what the data are as of");
     assert_eq!(html.matches("<svg").count(), 2, "the national series and the provinces chart");
     let csv = std::fs::read_to_string(report.join("comparison.csv")).unwrap();
     assert_eq!(csv.lines().count(), lines.len() + 1);

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 pub const INVENTORY_FILE: &str = "inventory/ceads_items.csv";
 pub const PROXIES_FILE: &str = "proxies/monthly.csv";
 pub const REFERENCES_FILE: &str = "references/national_annual.csv";
+pub const GRID_REFERENCES_FILE: &str = "references/grid_intensity.csv";
 /// The last year of proxy data the extract keeps: every month the raw sources hold (most
 /// provincial series run to December 2024; data/PROVENANCE.md lists each series' last month).
 pub const LAST_PROXY_YEAR: i32 = 2024;
@@ -22,6 +23,7 @@ pub const LAST_PROXY_YEAR: i32 = 2024;
 const EMBEDDED_INVENTORY: &[u8] = include_bytes!("../../../data/inventory/ceads_items.csv");
 const EMBEDDED_PROXIES: &[u8] = include_bytes!("../../../data/proxies/monthly.csv");
 const EMBEDDED_REFERENCES: &[u8] = include_bytes!("../../../data/references/national_annual.csv");
+const EMBEDDED_GRID_REFERENCES: &[u8] = include_bytes!("../../../data/references/grid_intensity.csv");
 
 /// Inventory, proxies and national references ready for the model.
 #[derive(Debug, Clone)]
@@ -31,7 +33,41 @@ pub struct Dataset {
     /// National annual totals of other inventories (GCP, Energy Institute); empty when the
     /// data directory has none.
     pub references: Vec<co2cast_model::references::NationalReference>,
+    /// Published carbon intensities of electricity (MEE provincial factors, national
+    /// references); empty when the data directory has none.
+    pub grid_references: Vec<co2cast_model::references::GridReference>,
     pub origin: String,
+}
+
+/// `source,year,scope,gco2_per_kwh` rows (scope: a province's ISO code, or `CN`).
+pub fn grid_references_from_bytes(file: &Path, bytes: &[u8]) -> Result<Vec<co2cast_model::references::GridReference>> {
+    let t = Table::from_bytes(file, bytes)?;
+    let (cs, cy, cc, cv) = (t.col("source")?, t.col("year")?, t.col("scope")?, t.col("gco2_per_kwh")?);
+    (0..t.rows.len())
+        .map(|i| {
+            let year: i32 = t.str(i, cy).parse().map_err(|_| DataError::field(file, t.line(i), "year", "not a year"))?;
+            let province = match t.str(i, cc) {
+                "CN" => None,
+                code => Some(Province::from_iso(code).ok_or_else(|| DataError::field(file, t.line(i), "scope", format!("unknown scope `{code}`")))?),
+            };
+            let v = t.f64(i, cv)?;
+            if !(v > 0.0 && v < 2000.0) {
+                return Err(DataError::field(file, t.line(i), "gco2_per_kwh", "outside (0, 2000)"));
+            }
+            Ok(co2cast_model::references::GridReference { source: t.str(i, cs).to_string(), year, province, gco2_per_kwh: v })
+        })
+        .collect()
+}
+
+/// Writes the grid intensity references of the extract.
+pub fn write_grid_references(out: &Path, refs: &[co2cast_model::references::GridReference]) -> Result<()> {
+    let mut s = String::from("source,year,scope,gco2_per_kwh\n");
+    for r in refs {
+        let _ = writeln!(s, "{},{},{},{}", r.source, r.year, r.province.map_or("CN", |p| p.iso_code()), round_sig(r.gco2_per_kwh));
+    }
+    let f = out.join(GRID_REFERENCES_FILE);
+    std::fs::create_dir_all(f.parent().expect("has parent")).map_err(|e| DataError::io(&f, e))?;
+    std::fs::write(&f, s).map_err(|e| DataError::io(&f, e))
 }
 
 /// `source,year,mtco2` rows → one series per source.
@@ -65,14 +101,11 @@ pub fn parse_item(s: &str) -> Option<InventoryItem> {
 }
 
 pub fn scope_name(s: Scope) -> String {
-    match s {
-        Scope::Province(p) => p.iso_code().to_string(),
-        Scope::National => "CN".to_string(),
-    }
+    s.to_string()
 }
 
 pub fn parse_scope(s: &str) -> Option<Scope> {
-    if s == "CN" { Some(Scope::National) } else { Province::parse_lenient(s).map(Scope::Province) }
+    s.parse().ok()
 }
 
 fn provenance_name(p: &MonthlyProvenance) -> String {
@@ -125,6 +158,7 @@ pub fn embedded() -> Result<Dataset> {
         inventory: inventory_from_bytes(Path::new(INVENTORY_FILE), EMBEDDED_INVENTORY)?,
         proxies: proxies_from_bytes(Path::new(PROXIES_FILE), EMBEDDED_PROXIES)?,
         references: references_from_bytes(Path::new(REFERENCES_FILE), EMBEDDED_REFERENCES)?,
+        grid_references: grid_references_from_bytes(Path::new(GRID_REFERENCES_FILE), EMBEDDED_GRID_REFERENCES)?,
         origin: "bundled extract (embedded)".into(),
     })
 }
@@ -142,10 +176,17 @@ pub fn load_dir(dir: &Path) -> Result<Dataset> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(DataError::io(&ref_path, e)),
         };
+        let grid_path = dir.join(GRID_REFERENCES_FILE);
+        let grid_references = match std::fs::read(&grid_path) {
+            Ok(b) => grid_references_from_bytes(&grid_path, &b)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(DataError::io(&grid_path, e)),
+        };
         return Ok(Dataset {
             inventory: inventory_from_bytes(&inv_path, &inv)?,
             proxies: proxies_from_bytes(&px_path, &px)?,
             references,
+            grid_references,
             origin: format!("bundled-format directory {}", dir.display()),
         });
     }
@@ -156,7 +197,13 @@ pub fn load_dir(dir: &Path) -> Result<Dataset> {
         for m in &months {
             px.set_monthly(m.signal, m.scope, m.month, m.value);
         }
-        return Ok(Dataset { inventory: inv, proxies: px, references: raw.references()?, origin: format!("raw sources in {}", dir.display()) });
+        return Ok(Dataset {
+            inventory: inv,
+            proxies: px,
+            references: raw.references()?,
+            grid_references: raw.grid_references()?,
+            origin: format!("raw sources in {}", dir.display()),
+        });
     }
     Err(DataError::content(dir, format!("neither a bundled extract (no {INVENTORY_FILE}) nor a raw data tree (no ceads/raw_xlsx)")))
 }
@@ -175,6 +222,11 @@ impl RawSources {
         self.root.join(rel)
     }
 
+    /// Grid intensity references (MEE provincial factors, national power CO2 intensity).
+    pub fn grid_references(&self) -> Result<Vec<co2cast_model::references::GridReference>> {
+        proxies::load_grid_references(&self.p("misc/mee_provincial_grid_emission_factors_2021_2022.csv"), &self.p("misc/china_national_power_co2_intensity_reference.csv"))
+    }
+
     /// The national references (GCP, Energy Institute).
     pub fn references(&self) -> Result<Vec<co2cast_model::references::NationalReference>> {
         proxies::load_national_references(&self.p("gcp/gcb2022_china_fossil_co2_territorial_consumption.csv"), &self.p("gcp/energy_institute_statreview2023_china_rows.csv"))
@@ -188,7 +240,7 @@ impl RawSources {
         let first = *years.start();
         let keep = |m: &ProxyMonth| m.month.year >= first && m.month.year <= LAST_PROXY_YEAR;
         let mut months: Vec<ProxyMonth> = Vec::new();
-        months.extend(proxies::load_crea_provincial_generation(&self.p("crea_china_co2/provincial_generation_by_source_monthly_ytd_1997_2024_tidy.csv"))?.into_iter().filter(|m| m.signal == Signal::ThermalGeneration));
+        months.extend(proxies::load_crea_provincial_generation(&self.p("crea_china_co2/provincial_generation_by_source_monthly_ytd_1997_2024_tidy.csv"))?.into_iter().filter(|m| co2cast_model::grid_intensity::SOURCES.contains(&m.signal)));
         let wind_dir = "crea_china_co2/wind_format_raw/";
         months.extend(proxies::load_wind_provincial_output(&self.p(&format!("{wind_dir}provincial_outputs_and_thermal_capacity.csv")), "Cement", Signal::Cement)?);
         months.extend(proxies::load_wind_provincial_output(&self.p(&format!("{wind_dir}iron_and_steel_output_by_province.csv")), "Pig Iron", Signal::PigIron)?);

@@ -77,8 +77,10 @@ pub fn load_crea_provincial_generation(path: &Path) -> Result<Vec<ProxyMonth>> {
             continue;
         }
         let v = t.f64(i, cx)?;
-        // An unpublished January (combined Jan–Feb release) is written as 0.
-        if ym.month == 1 && v == 0.0 {
+        // An unpublished January (combined Jan–Feb release) is written as 0. A zero
+        // non-thermal series is either no plant of that kind or a gap in the export (Guangdong's
+        // wind reads 0 through 2024): both are "no value", which counts as no generation.
+        if (ym.month == 1 || signal != Signal::ThermalGeneration) && v == 0.0 {
             continue;
         }
         // 1e4 kWh = 0.01 GWh.
@@ -375,4 +377,37 @@ pub fn national_reference(source: &str, values: std::collections::BTreeMap<i32, 
         _ => ("", ""),
     };
     co2cast_model::references::NationalReference { source: source.into(), scope: scope.into(), scope_difference: difference.into(), values }
+}
+
+/// Grid intensity references: MEE's provincial factors (`province_zh,province_en,
+/// ef_2021_tco2_per_mwh,ef_2022_tco2_per_mwh`) and the national power CO2 intensity points
+/// (`year,metric,value,unit,…`; ranges such as MEE's regional spread are skipped).
+pub fn load_grid_references(mee_provincial_csv: &Path, national_csv: &Path) -> Result<Vec<co2cast_model::references::GridReference>> {
+    use co2cast_model::references::GridReference;
+    let mut out = Vec::new();
+    let t = Table::read(mee_provincial_csv)?;
+    let cp = t.col("province_en")?;
+    for (year, col) in [(2021, "ef_2021_tco2_per_mwh"), (2022, "ef_2022_tco2_per_mwh")] {
+        let c = t.col(col)?;
+        for i in 0..t.rows.len() {
+            let p: Province = t.str(i, cp).parse().map_err(|e| DataError::field(&t.file, t.line(i), "province_en", format!("{e}")))?;
+            // tCO2/MWh = kgCO2/kWh: ×1000 for g/kWh.
+            out.push(GridReference { source: "mee_provincial".into(), year, province: Some(p), gco2_per_kwh: t.f64(i, c)? * 1000.0 });
+        }
+    }
+    let t = Table::read(national_csv)?;
+    let (cy, cm, cv, cu) = (t.col("year")?, t.col("metric")?, t.col("value")?, t.col("unit")?);
+    for i in 0..t.rows.len() {
+        let source = match t.str(i, cm) {
+            "cm_power_co2_over_ei_generation" => "carbon_monitor_ei",
+            "ember_emissions_intensity" => "ember",
+            _ => continue,
+        };
+        if t.str(i, cu) != "gCO2/kWh" {
+            return Err(DataError::Unit { file: t.file.clone(), field: "unit".into(), found: t.str(i, cu).into(), expected: "gCO2/kWh".into() });
+        }
+        let year: i32 = t.str(i, cy).parse().map_err(|_| DataError::field(&t.file, t.line(i), "year", "not a year"))?;
+        out.push(GridReference { source: source.into(), year, province: None, gco2_per_kwh: t.f64(i, cv)? });
+    }
+    Ok(out)
 }

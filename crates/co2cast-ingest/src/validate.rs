@@ -523,10 +523,7 @@ fn serialize_arc_str<S: serde::Serializer>(s: &std::sync::Arc<str>, ser: S) -> R
 }
 
 fn scope_name(s: Scope) -> String {
-    match s {
-        Scope::Province(p) => p.iso_code().to_string(),
-        Scope::National => "CN".into(),
-    }
+    s.to_string()
 }
 
 #[cfg(test)]

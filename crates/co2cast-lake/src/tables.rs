@@ -23,8 +23,10 @@ pub const ESTIMATE_ENSEMBLE: TableSpec = TableSpec { name: "estimate_ensemble", 
 pub const PROXIES: TableSpec = TableSpec { name: "proxies", partition_columns: &["year", "month"] };
 pub const COMPARISON: TableSpec = TableSpec { name: "comparison", partition_columns: &["year"] };
 pub const INVENTORY: TableSpec = TableSpec { name: "inventory", partition_columns: &[] };
+pub const GRID_INTENSITY: TableSpec = TableSpec { name: "grid_intensity", partition_columns: &["year", "month"] };
+pub const GRID_INTENSITY_COMPARISON: TableSpec = TableSpec { name: "grid_intensity_comparison", partition_columns: &["year"] };
 
-pub const ALL: [TableSpec; 6] = [ESTIMATES, ESTIMATES_LATEST, ESTIMATE_ENSEMBLE, PROXIES, COMPARISON, INVENTORY];
+pub const ALL: [TableSpec; 8] = [ESTIMATES, ESTIMATES_LATEST, ESTIMATE_ENSEMBLE, PROXIES, COMPARISON, INVENTORY, GRID_INTENSITY, GRID_INTENSITY_COMPARISON];
 
 impl TableSpec {
     /// The table of this name.

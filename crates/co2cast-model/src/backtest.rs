@@ -294,6 +294,51 @@ pub struct NationalYearEstimate {
     pub band: Band,
     /// The calibration's fitted shares at this horizon.
     pub calibration_fits: Vec<crate::calibration::ComponentFit>,
+    /// The residual scales fitted at this horizon, per sector (medians over provinces).
+    pub residual_scales: Vec<HorizonScale>,
+}
+
+/// One sector's fitted uncertainty at one horizon (log space, one standard deviation).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HorizonScale {
+    pub sector: String,
+    pub horizon_years: u32,
+    /// Medians over provinces of the row scales.
+    pub base_sd: f64,
+    pub drift_sd_per_year: f64,
+    pub common_sd_per_year: f64,
+    pub tail_factor: f64,
+    /// What they add up to at this horizon: √(base² + k·(drift² + common²)) × tail factor.
+    pub total_sd: f64,
+}
+
+/// Per sector, the medians of a calibration's row scales and the total sd they give at its
+/// horizon.
+pub fn horizon_scales(cal: &crate::calibration::Calibration) -> Vec<HorizonScale> {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        if v.is_empty() { f64::NAN } else { crate::calibration::robust::quantile_sorted(&v, 0.5) }
+    };
+    let k = f64::from(cal.horizon_years);
+    crate::domain::Sector::ALL
+        .iter()
+        .filter_map(|s| {
+            let rows: Vec<&crate::calibration::RowScale> = cal.scales.iter().filter(|((_, x), _)| x == s).map(|(_, r)| r).collect();
+            if rows.is_empty() {
+                return None;
+            }
+            let total = median(rows.iter().map(|r| (r.base_sd.powi(2) + k * (r.drift_sd_per_year.powi(2) + r.common_sd_per_year.powi(2))).sqrt() * r.tail_factor).collect());
+            Some(HorizonScale {
+                sector: s.as_str().to_string(),
+                horizon_years: cal.horizon_years,
+                base_sd: median(rows.iter().map(|r| r.base_sd).collect()),
+                drift_sd_per_year: median(rows.iter().map(|r| r.drift_sd_per_year).collect()),
+                common_sd_per_year: median(rows.iter().map(|r| r.common_sd_per_year).collect()),
+                tail_factor: median(rows.iter().map(|r| r.tail_factor).collect()),
+                total_sd: total,
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -383,7 +428,8 @@ pub fn national_report(
         if first_months.is_none() {
             first_months = Some(by_month);
         }
-        years.push(NationalYearEstimate { year, horizon_years: (year - base_year) as u32, band: Band::from_members(central, &members), calibration_fits: cal.fits });
+        let residual_scales = horizon_scales(&cal);
+        years.push(NationalYearEstimate { year, horizon_years: (year - base_year) as u32, band: Band::from_members(central, &members), calibration_fits: cal.fits, residual_scales });
         prev = Some((year, central, members));
     }
     // The base year as estimated from the year before, month by month.

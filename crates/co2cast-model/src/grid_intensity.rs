@@ -34,6 +34,10 @@ pub struct HeatAllocation {
     pub relative_sd: f64,
     /// Upper bound of a province's share.
     pub max_share: f64,
+    /// Most CO2 a kWh of thermal generation can carry: the least efficient coal units in
+    /// service. Power CO2 beyond it (CHP heat the floor-area split missed, or provincial energy
+    /// statistics above the national ones) is not the electricity's.
+    pub max_thermal_gco2_per_kwh: f64,
     pub source: &'static str,
 }
 
@@ -43,6 +47,9 @@ pub const CHP_HEAT: HeatAllocation = HeatAllocation {
     national_share: 0.11,
     relative_sd: 0.25,
     max_share: 0.6,
+    // 380 gce/kWh (old small subcritical units; the 2019 national average is about 306) ×
+    // 29.307 MJ/kgce × 90.7 gCO2/MJ (CEADs' raw coal: 26.32 tC/TJ, oxidation 0.94).
+    max_thermal_gco2_per_kwh: 1010.0,
     source: "Chen et al. 2025, Energies 18:654 (IEA CHP allocation lowers China's factor by 10.99 %)",
 };
 
@@ -152,17 +159,20 @@ pub struct IntensityPath {
 }
 
 /// Splits a province's power-sector ensemble (`power.members[j][d]`, the first
-/// `generation.len()` days) into heat and electricity, member by member.
-pub fn allocate(power: &RowEnsemble, heat_share: f64, multipliers: &[f64], generation: Vec<Option<GenerationMix>>, max_share: f64) -> IntensityPath {
+/// `generation.len()` days) into heat and electricity, member by member: electricity gets
+/// `1 − heat share` of the CO2, at most the thermal generation's physical ceiling.
+pub fn allocate(power: &RowEnsemble, heat_share: f64, multipliers: &[f64], generation: Vec<Option<GenerationMix>>, allocation: &HeatAllocation) -> IntensityPath {
     let n = generation.len();
-    let electricity = |v: f64, m: f64| v * (1.0 - (heat_share * m).clamp(0.0, max_share));
+    // MtCO2 per GWh of thermal generation.
+    let ceiling: Vec<f64> = generation.iter().map(|g| g.map_or(f64::INFINITY, |g| g.thermal_gwh * allocation.max_thermal_gco2_per_kwh / GCO2_PER_KWH_PER_MT_PER_GWH)).collect();
+    let electricity = |d: usize, v: f64, m: f64| (v * (1.0 - (heat_share * m).clamp(0.0, allocation.max_share))).min(ceiling[d]);
     IntensityPath {
         province: power.province,
         days: power.days[..n].to_vec(),
         heat_share,
         power_central: power.central[..n].to_vec(),
-        electricity_central: power.central[..n].iter().map(|v| electricity(*v, 1.0)).collect(),
-        electricity_members: power.members.iter().zip(multipliers).map(|(m, k)| m[..n].iter().map(|v| electricity(*v, *k)).collect()).collect(),
+        electricity_central: power.central[..n].iter().enumerate().map(|(d, v)| electricity(d, *v, 1.0)).collect(),
+        electricity_members: power.members.iter().zip(multipliers).map(|(m, k)| m[..n].iter().enumerate().map(|(d, v)| electricity(d, *v, *k)).collect()).collect(),
         generation,
     }
 }
@@ -310,7 +320,7 @@ mod tests {
             }
             let generation = daily_generation(&panel, Province::Sichuan, &days, &row.central);
             let k = CHP_HEAT.member_multipliers(seed, members.len());
-            let path = allocate(&row, heat, &k, generation, CHP_HEAT.max_share);
+            let path = allocate(&row, heat, &k, generation, &CHP_HEAT);
             let mut month = IntensitySum::default();
             for d in 0..days.len() {
                 let mut day = IntensitySum::default();
@@ -319,7 +329,9 @@ mod tests {
                 for (j, i) in day.members_gco2_per_kwh().iter().enumerate() {
                     let e = path.electricity_members[j][d];
                     prop_assert!((i * g / GCO2_PER_KWH_PER_MT_PER_GWH - e).abs() <= 1e-12 * e.max(1.0));
-                    prop_assert!(e <= members[j][d] + 1e-15 && e >= members[j][d] * (1.0 - CHP_HEAT.max_share) - 1e-15);
+                    let ceiling = path.generation[d].unwrap().thermal_gwh * CHP_HEAT.max_thermal_gco2_per_kwh / GCO2_PER_KWH_PER_MT_PER_GWH;
+                    prop_assert!(e <= members[j][d] + 1e-15 && e <= ceiling * (1.0 + 1e-12));
+                    prop_assert!(e >= (members[j][d] * (1.0 - CHP_HEAT.max_share)).min(ceiling) * (1.0 - 1e-12));
                 }
                 let b = day.band().unwrap();
                 prop_assert!(b.p2_5 <= b.p50 && b.p50 <= b.p97_5);

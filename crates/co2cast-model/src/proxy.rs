@@ -180,11 +180,42 @@ impl FromStr for Signal {
     }
 }
 
-/// Where a proxy value applies: one province, or the whole country.
+/// Where a proxy value applies: one province, or the whole country. Written as the
+/// province's ISO 3166-2:CN code, or `CN` for the country.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Scope {
     Province(Province),
     National,
+}
+
+impl Scope {
+    /// The code of the whole country.
+    pub const NATIONAL_CODE: &'static str = "CN";
+
+    /// `CN-GD`, or `CN`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Scope::Province(p) => p.iso_code(),
+            Scope::National => Scope::NATIONAL_CODE,
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl FromStr for Scope {
+    type Err = String;
+    /// `CN` (any case) is the country; anything else must name a province (code or name).
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case(Scope::NATIONAL_CODE) {
+            return Ok(Scope::National);
+        }
+        Province::parse_lenient(s).map(Scope::Province).ok_or_else(|| format!("unknown province or scope `{s}`"))
+    }
 }
 
 /// Monthly (and, where available, daily) proxy values.
@@ -263,5 +294,20 @@ impl ProxyPanel {
                 .map(|(k, v)| (*k, *v))
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+
+    #[test]
+    fn a_scope_reads_back_what_it_writes() {
+        for s in Province::ALL.into_iter().map(Scope::Province).chain([Scope::National]) {
+            assert_eq!(s.to_string().parse::<Scope>(), Ok(s));
+        }
+        assert_eq!("cn".parse::<Scope>(), Ok(Scope::National));
+        assert_eq!("Guangdong".parse::<Scope>(), Ok(Scope::Province(Province::Guangdong)));
+        assert!("CN-XX".parse::<Scope>().is_err() && "".parse::<Scope>().is_err());
     }
 }

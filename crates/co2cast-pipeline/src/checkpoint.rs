@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 /// 2: owed re-estimations, series frontiers and national totals are checkpointed; the
 /// published fingerprint covers every column.
-pub const CHECKPOINT_VERSION: u32 = 2;
+pub const CHECKPOINT_VERSION: u32 = 3;
 
 /// Message accounting: `received == accepted + dead_lettered` at every checkpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +40,8 @@ pub struct Checkpoint {
     pub offsets: BTreeMap<String, i64>,
     pub state: ProxyState,
     pub published: Published,
+    /// Grid intensity rows published (keys `<province>/<date>`).
+    pub published_grid_intensity: Published,
     pub counters: Counters,
     pub watermarks: Watermarks,
     /// Checkpoints written so far (diagnostics).
@@ -50,13 +52,21 @@ pub struct Checkpoint {
     /// The latest month of each series when estimates were last made (see [`Frontier`]).
     pub frontier: Frontier,
     /// Annual national totals as last estimated, for summaries.
-    pub national: BTreeMap<i32, crate::processor::NationalYear>,
+    pub national: BTreeMap<i32, NationalYear>,
     /// Identity of this line of checkpoints; the lake it writes carries the same, so a lake
     /// is never rolled back by (or mixed with) the state of another run.
     pub lineage: String,
     /// What the estimates depend on besides the input (provinces, ensemble, model): a state
     /// is only resumed with the same.
     pub settings: String,
+}
+
+/// A year's national total as last estimated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NationalYear {
+    pub year: i32,
+    pub days: usize,
+    pub band: co2cast_model::estimate::Band,
 }
 
 /// A new lineage identity: distinct for every checkpoint line ever started.
@@ -144,6 +154,7 @@ impl Checkpoint {
             offsets: BTreeMap::new(),
             state: ProxyState::new(),
             published: Published::default(),
+            published_grid_intensity: Published::default(),
             counters: Counters::default(),
             watermarks,
             sequence: 0,

@@ -33,6 +33,7 @@ pub fn start_cluster_of(brokers: i32, topics: &TopicNames) -> Result<MockCluster
     }
     cluster.create_topic(&topics.dead_letter, 1, 1)?;
     cluster.create_topic(&topics.estimates_daily, ESTIMATE_PARTITIONS, 1)?;
+    cluster.create_topic(&topics.grid_intensity_daily, ESTIMATE_PARTITIONS, 1)?;
     Ok(cluster)
 }
 
@@ -47,6 +48,7 @@ pub fn create_topics(brokers: &str, topics: &TopicNames, partitions: i32) -> Res
         topics.proxies().into_iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
     wanted.push(NewTopic::new(&topics.dead_letter, 1, TopicReplication::Fixed(1)));
     wanted.push(NewTopic::new(&topics.estimates_daily, partitions, TopicReplication::Fixed(1)));
+    wanted.push(NewTopic::new(&topics.grid_intensity_daily, partitions, TopicReplication::Fixed(1)));
     let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(30)));
     let results = block_on(admin.create_topics(&wanted, &opts)).map_err(|e| format!("create topics: {e}"))?;
     for r in results {

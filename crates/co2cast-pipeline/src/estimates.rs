@@ -31,7 +31,7 @@ use std::sync::Arc;
 pub type Fingerprint = [i64; 10];
 
 /// FNV-1a: stable across runs and builds (a checkpoint stores it).
-fn fnv1a(parts: &[&[u8]]) -> u64 {
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in parts.iter().flat_map(|p| p.iter()) {
         h ^= u64::from(*b);
@@ -227,19 +227,39 @@ mod published_serde {
     }
 }
 
+/// A published row with a key, a content fingerprint and co2cast's revision of it.
+pub trait Revisioned {
+    fn key(&self) -> String;
+    fn fingerprint(&self) -> Fingerprint;
+    fn set_revision(&mut self, revision: u32);
+}
+
+impl Revisioned for EstimateRow {
+    fn key(&self) -> String {
+        EstimateRow::key(self)
+    }
+    fn fingerprint(&self) -> Fingerprint {
+        EstimateRow::fingerprint(self)
+    }
+    fn set_revision(&mut self, revision: u32) {
+        self.revision = revision;
+    }
+}
+
 impl Published {
     /// Keeps the rows that are new or changed, assigning their revision.
-    pub fn diff(&mut self, rows: Vec<EstimateRow>) -> Vec<EstimateRow> {
+    pub fn diff<R: Revisioned>(&mut self, rows: Vec<R>) -> Vec<R> {
         let mut out = Vec::new();
         for mut r in rows {
             let fp = r.fingerprint();
             let key = r.key();
-            match self.rows.get(&key) {
+            let revision = match self.rows.get(&key) {
                 Some((_, old)) if *old == fp => continue,
-                Some((rev, _)) => r.revision = rev + 1,
-                None => r.revision = 0,
-            }
-            self.rows.insert(key, (r.revision, fp));
+                Some((rev, _)) => rev + 1,
+                None => 0,
+            };
+            r.set_revision(revision);
+            self.rows.insert(key, (revision, fp));
             out.push(r);
         }
         out

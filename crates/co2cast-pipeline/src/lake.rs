@@ -48,20 +48,20 @@ fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-fn lake_err(e: LakeError) -> crate::processor::PipelineError {
-    crate::processor::PipelineError::Lake(e.to_string())
+fn lake_err(e: LakeError) -> crate::error::PipelineError {
+    crate::error::PipelineError::Lake(e.to_string())
 }
 
 impl LakeSink {
     /// Opens the lake, drops files of commits after `checkpointed` (never checkpointed), and
     /// rebuilds the newest vintages from the `estimates` table.
-    pub fn open(dir: &Path, checkpointed: u64, lineage: &str, ensemble_members: Option<usize>) -> Result<LakeSink, crate::processor::PipelineError> {
+    pub fn open(dir: &Path, checkpointed: u64, lineage: &str, ensemble_members: Option<usize>) -> Result<LakeSink, crate::error::PipelineError> {
         let mut lake = Lake::open(dir).map_err(lake_err)?;
         lake.bind_lineage(lineage).map_err(lake_err)?;
         lake.rollback_after(checkpointed).map_err(lake_err)?;
         let mut latest: BTreeMap<(i32, u32), BTreeMap<RowId, (EstimateRow, i64)>> = BTreeMap::new();
         for b in lake.read("estimates", None).map_err(lake_err)? {
-            for (r, at) in rows_from_batch(&b).map_err(crate::processor::PipelineError::Lake)? {
+            for (r, at) in rows_from_batch(&b).map_err(crate::error::PipelineError::Lake)? {
                 let month = latest.entry((r.date.year(), r.date.month())).or_default();
                 let id = row_id(&r);
                 if month.get(&id).is_none_or(|(old, _)| old.revision <= r.revision) {
@@ -73,7 +73,7 @@ impl LakeSink {
     }
 
     /// The yearbook values, once.
-    pub fn write_inventory(&mut self, inv: &InventoryPanel, commit: u64) -> Result<(), crate::processor::PipelineError> {
+    pub fn write_inventory(&mut self, inv: &InventoryPanel, commit: u64) -> Result<(), crate::error::PipelineError> {
         if self.lake.manifest().files.values().any(|f| f.table == "inventory") {
             return Ok(());
         }
@@ -174,6 +174,23 @@ impl LakeSink {
         self.pending.push(tables::ESTIMATE_ENSEMBLE.file(&[year, month as i32], format!("{}.parquet", first.province.iso_code()), batch));
     }
 
+    /// Every grid intensity row of `province` in `month` (one file per province-month,
+    /// replaced when any of its rows changes).
+    pub fn grid_intensity(&mut self, rows: &[crate::grid_intensity::GridIntensityRow], year: i32, month: u32, province: &str, computed_at: DateTime<Utc>) {
+        if rows.is_empty() {
+            return;
+        }
+        let batch = crate::grid_intensity::to_batch(rows, computed_at);
+        self.pending.push(tables::GRID_INTENSITY.file(&[year, month as i32], format!("{province}.parquet"), batch));
+    }
+
+    /// Annual grid intensity beside published factors, for a complete year.
+    pub fn grid_comparison(&mut self, year: i32, lines: &[crate::grid_intensity::GridComparisonLine], computed_at: DateTime<Utc>) {
+        if !lines.is_empty() {
+            self.pending.push(tables::GRID_INTENSITY_COMPARISON.file(&[year], "data.parquet", crate::grid_intensity::comparison_batch(lines, computed_at)));
+        }
+    }
+
     /// Annual estimates against the inventory and the national references, for a complete year.
     pub fn comparison(&mut self, year: i32, lines: &[ComparisonLine], computed_at: DateTime<Utc>) {
         let mut b = ComparisonBuilders::default();
@@ -207,10 +224,7 @@ impl LakeSink {
             for a in &list {
                 let p = &a.proxy;
                 sig.append_value(p.signal.as_str());
-                scope.append_value(match p.scope {
-                    co2cast_model::proxy::Scope::Province(x) => x.iso_code(),
-                    co2cast_model::proxy::Scope::National => "CN",
-                });
+                scope.append_value(p.scope.code());
                 gran.append_value(format!("{:?}", p.granularity).to_lowercase());
                 start.push(p.period_start_s * 1_000_000);
                 val.append_value(p.value);
@@ -259,7 +273,7 @@ impl LakeSink {
     }
 
     /// Writes everything of this flush as commit `commit` (before its checkpoint).
-    pub fn commit(&mut self, commit: u64) -> Result<(), crate::processor::PipelineError> {
+    pub fn commit(&mut self, commit: u64) -> Result<(), crate::error::PipelineError> {
         self.proxies(commit);
         let files = std::mem::take(&mut self.pending);
         self.lake.commit(commit, files, &Utc::now().to_rfc3339()).map_err(lake_err)

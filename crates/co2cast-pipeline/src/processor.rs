@@ -2,8 +2,10 @@
 //! is rejected, re-estimate the affected years and publish changed rows as new revisions,
 //! then checkpoint offsets and state together.
 
-use crate::checkpoint::{Checkpoint, CheckpointError, Dirty, Frontier, partition_key};
-use crate::estimates::{EstimateRow, batch_to_json_lines, to_batch};
+use crate::checkpoint::{Checkpoint, Dirty, Frontier, partition_key};
+use crate::estimates::{EstimateRow, Revisioned, batch_to_json_lines, to_batch};
+use crate::grid_intensity::{GridComparisonLine, GridIntensityRow};
+use co2cast_model::grid_intensity::{CHP_HEAT, GenerationMix, IntensityPath, IntensitySum};
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use co2cast_data::Dataset;
 use co2cast_ingest::watermark::Arrival;
@@ -146,75 +148,7 @@ impl Default for ProcessorConfig {
 const PINNED_CONSUMER_OPTIONS: [&str; 7] =
     ["bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset", "enable.partition.eof", "isolation.level"];
 
-#[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
-    #[error("Kafka ({context}): {source}")]
-    Kafka { context: String, source: rdkafka::error::KafkaError },
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    #[error("calibration: {0}")]
-    Calibration(String),
-    #[error("configuration: {0}")]
-    Config(String),
-    #[error("lake: {0}")]
-    Lake(String),
-    /// Messages the brokers refused for good (too large, not authorised, …).
-    #[error("Kafka delivery: {0}")]
-    Delivery(String),
-    /// A defect of co2cast itself.
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl PipelineError {
-    /// Whose problem it is: a setting (user), a broker or disk (external), or co2cast (internal).
-    pub fn domain(&self) -> co2cast_metrics::ErrorDomain {
-        use co2cast_metrics::ErrorDomain as D;
-        match self {
-            PipelineError::Config(_) => D::User,
-            PipelineError::Kafka { source: rdkafka::error::KafkaError::ClientCreation(_), .. } => D::User,
-            PipelineError::Kafka { .. } | PipelineError::Lake(_) | PipelineError::Delivery(_) => D::External,
-            PipelineError::Checkpoint(CheckpointError::Io { .. }) => D::External,
-            PipelineError::Checkpoint(_) => D::User,
-            PipelineError::Calibration(_) | PipelineError::Internal(_) => D::Internal,
-        }
-    }
-
-    /// Whether the same request may succeed later.
-    pub fn retry_hint(&self) -> co2cast_metrics::RetryHint {
-        use co2cast_metrics::RetryHint as R;
-        match self {
-            PipelineError::Kafka { source, .. } if retryable(source) => R::WithBackoff,
-            _ => R::NoRetry,
-        }
-    }
-}
-
-/// Kafka errors that pass: brokers down or moving, requests timing out, a coordinator or
-/// leader being elected, a queue full while the brokers are away.
-pub fn retryable(e: &rdkafka::error::KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as C;
-    crate::source::is_outage(e)
-        || matches!(
-            e.rdkafka_error_code(),
-            Some(
-                C::QueueFull
-                    | C::NotLeaderForPartition
-                    | C::LeaderNotAvailable
-                    | C::NotCoordinator
-                    | C::CoordinatorNotAvailable
-                    | C::CoordinatorLoadInProgress
-                    | C::UnknownTopicOrPartition
-                    | C::NotEnoughReplicas
-                    | C::NotEnoughReplicasAfterAppend
-                    | C::BrokerNotAvailable
-                    | C::ReplicaNotAvailable
-                    | C::TimedOutQueue
-                    | C::WaitCache
-                    | C::MessageTimedOut
-            )
-        )
-}
+pub use crate::error::{PipelineError, retryable};
 
 fn kafka(context: &str) -> impl Fn(rdkafka::error::KafkaError) -> PipelineError + '_ {
     move |source| PipelineError::Kafka { context: context.to_string(), source }
@@ -264,12 +198,7 @@ pub fn data_as_of(frontier: &crate::checkpoint::Frontier) -> Vec<SignalAsOf> {
         .collect()
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NationalYear {
-    pub year: i32,
-    pub days: usize,
-    pub band: Band,
-}
+pub use crate::checkpoint::NationalYear;
 
 pub struct Processor {
     cfg: ProcessorConfig,
@@ -283,6 +212,8 @@ pub struct Processor {
     caps: PlausibilityCaps,
     rules: ValidationRules,
     calibrations: BTreeMap<(i32, u32), Calibration>,
+    /// CHP heat share of each province's power CO2, by base year.
+    heat_shares: BTreeMap<i32, BTreeMap<Province, f64>>,
     /// Years with a yearbook inventory (base years of estimates).
     inventory_years: Vec<i32>,
     /// Latest month of each series in the bundled history up to a base year, by base year.
@@ -372,6 +303,10 @@ struct ProvinceYear {
     source: Vec<SourceType>,
     /// Per sector: central and member sums over the days estimated (for the comparison).
     sector_totals: Vec<(Sector, f64, Vec<f64>)>,
+    /// Power CO2 split into heat and electricity, with generation (grid intensity).
+    intensity: Option<IntensityPath>,
+    /// The province's grid intensity rows (computed once per re-estimation).
+    grid: Vec<GridIntensityRow>,
 }
 
 struct YearCache {
@@ -536,6 +471,7 @@ impl Processor {
             caps,
             rules,
             calibrations: BTreeMap::new(),
+            heat_shares: BTreeMap::new(),
             inventory_years,
             history_frontiers: BTreeMap::new(),
             marked_year: [None; Province::ALL.len() + 1],
@@ -714,10 +650,7 @@ impl Processor {
                     continue;
                 }
                 let have = months.get(&(signal, scope)).map_or(0, |ms| ms.iter().filter(|m| **m <= through).count());
-                let label = match scope {
-                    Scope::Province(p) => p.iso_code(),
-                    Scope::National => "CN",
-                };
+                let label = scope.code();
                 co2cast_metrics::state::set_proxy_coverage(label, signal.as_str(), have as f64 / through.max(1) as f64);
             }
         }
@@ -1249,6 +1182,8 @@ impl Processor {
         for (s, sc, d, v) in live.iter_daily() {
             panel.set_daily(s, sc, d, v);
         }
+        let heat = self.heat_shares.entry(last_inv).or_insert_with(|| heat_shares(&self.history.proxies, last_inv)).clone();
+        let heat_multipliers = CHP_HEAT.member_multipliers(self.cfg.ensemble_seed, self.cfg.ensemble_members);
         let base_inv = self.history.inventory.up_to(last_inv);
         let (hc, df) = (HolidayCalendar::official(), DayFactorTable::bundled());
         let est = Estimator { calibration: cal, inventory: &base_inv, proxies: &panel, calendar: &hc, day_factors: &df };
@@ -1284,7 +1219,14 @@ impl Processor {
                 coverage_weighted: vec![0.0; ndays],
                 source: vec![SourceType::Proxy; ndays],
                 sector_totals: Vec::new(),
+                intensity: rows.iter().find(|r| r.sector == Sector::Power).map(|r| {
+                    let generation = co2cast_model::grid_intensity::daily_generation(&panel, p, &r.days[..ndays], &r.central[..ndays]);
+                    let h = heat.get(&p).copied().unwrap_or(CHP_HEAT.national_share);
+                    co2cast_model::grid_intensity::allocate(r, h, &heat_multipliers, generation, &CHP_HEAT)
+                }),
+                grid: Vec::new(),
             };
+            py.grid = province_grid_rows(p, py.intensity.as_ref(), last_inv);
             for r in &rows {
                 for (i, d) in r.daily_estimates(last_inv).into_iter().enumerate().take(ndays) {
                     py.central[i] += d.value_mtco2;
@@ -1329,9 +1271,38 @@ impl Processor {
             let c = if central[i] > 0.0 { cov[i] / central[i] } else { 0.0 };
             out.push(EstimateRow::national(*d, &Band::from_members(central[i], &col), source[i], c, last_inv));
         }
+        let grid = grid_rows(cache, last_inv);
         let annual_members: Vec<f64> = members.iter().map(|m| m.iter().sum()).collect();
         self.ckpt.national.insert(year, NationalYear { year, days: ndays, band: Band::from_members(central.iter().sum(), &annual_members) });
         let changed = self.ckpt.published.diff(out);
+        let grid_changed = self.ckpt.published_grid_intensity.diff(grid.clone());
+        if let Some(lake) = &mut self.lake {
+            let at = self.flush_started_at;
+            // Every row of each province-month with a changed row (one file each).
+            let touched: BTreeSet<(String, u32)> = grid_changed.iter().map(|r| (r.province.clone(), r.date.month())).collect();
+            let revisions = &self.ckpt.published_grid_intensity.rows;
+            for (province, month) in &touched {
+                let rows: Vec<GridIntensityRow> = grid
+                    .iter()
+                    .filter(|r| r.province == *province && r.date.month() == *month)
+                    .map(|r| GridIntensityRow { revision: revisions.get(&r.key()).map_or(0, |x| x.0), ..r.clone() })
+                    .collect();
+                lake.grid_intensity(&rows, year, *month, province, at);
+            }
+            if through.month() == 12 && through.day() == 31 && !grid_changed.is_empty() {
+                let lines = grid_comparison(&self.cache[&year], &panel, &self.history.grid_references, year, last_inv);
+                lake.grid_comparison(year, &lines, at);
+            }
+        }
+        if !grid_changed.is_empty() {
+            let batch = crate::grid_intensity::to_batch(&grid_changed, self.flush_started_at);
+            let lines = batch_to_json_lines(&batch).map_err(|e| PipelineError::Internal(format!("encoding grid intensity as JSON: {e}")))?;
+            for (r, json) in grid_changed.iter().zip(lines) {
+                let key = r.key();
+                let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.cfg.topics.grid_intensity_daily).key(key.as_bytes()).payload(&json);
+                self.send(rec)?;
+            }
+        }
         if let Some(lake) = &mut self.lake {
             let commit = self.ckpt.sequence + 1;
             let at = self.flush_started_at;
@@ -1392,6 +1363,120 @@ impl Processor {
         }
         Ok(keys.len() as u64)
     }
+}
+
+/// CHP heat shares of every province's power CO2 for base year `base_year`: its district
+/// heating area (the latest register up to the base year) and thermal generation.
+fn heat_shares(history: &ProxyPanel, base_year: i32) -> BTreeMap<Province, f64> {
+    let (mut area, mut thermal) = (BTreeMap::new(), BTreeMap::new());
+    for p in Province::ALL {
+        let scope = Scope::Province(p);
+        if let Some(a) = (base_year - 5..=base_year).rev().find_map(|y| history.monthly(co2cast_model::proxy::Signal::HeatingArea, scope, YearMonth::new(y, 12))) {
+            area.insert(p, a);
+        }
+        let t: f64 = (1..=12).filter_map(|m| history.monthly(co2cast_model::proxy::Signal::ThermalGeneration, scope, YearMonth::new(base_year, m))).sum();
+        if t > 0.0 {
+            thermal.insert(p, t);
+        }
+    }
+    CHP_HEAT.provincial_shares(&area, &thermal)
+}
+
+/// A province's grid intensity rows: every day with generation.
+fn province_grid_rows(p: Province, path: Option<&IntensityPath>, base_year: i32) -> Vec<GridIntensityRow> {
+    let Some(path) = path else { return Vec::new() };
+    (0..path.days.len())
+        .filter_map(|d| {
+            let mix = path.generation[d]?;
+            let mut day = IntensitySum::default();
+            day.add_day(path, d);
+            GridIntensityRow::new(path.days[d], p.iso_code(), &day, &mix, 1, base_year)
+        })
+        .collect()
+}
+
+/// Grid intensity rows of a year: every province-day with generation, and the national sum of
+/// the provinces with generation that day (member-wise).
+fn grid_rows(cache: &YearCache, base_year: i32) -> Vec<GridIntensityRow> {
+    let n = cache.days.len();
+    let mut national: Vec<(IntensitySum, Option<GenerationMix>, i32)> = vec![(IntensitySum::default(), None, 0); n];
+    let mut rows = Vec::new();
+    for py in cache.provinces.values() {
+        rows.extend(py.grid.iter().cloned());
+        let Some(path) = &py.intensity else { continue };
+        for d in 0..path.days.len().min(n) {
+            let Some(mix) = path.generation[d] else { continue };
+            let (sum, total, count) = &mut national[d];
+            sum.add_day(path, d);
+            *count += 1;
+            let add = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (None, None) => None,
+                (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+            };
+            *total = Some(match total {
+                None => mix,
+                Some(t) => GenerationMix {
+                    thermal_gwh: t.thermal_gwh + mix.thermal_gwh,
+                    hydro_gwh: add(t.hydro_gwh, mix.hydro_gwh),
+                    wind_gwh: add(t.wind_gwh, mix.wind_gwh),
+                    solar_gwh: add(t.solar_gwh, mix.solar_gwh),
+                    nuclear_gwh: add(t.nuclear_gwh, mix.nuclear_gwh),
+                },
+            });
+        }
+    }
+    for (d, (sum, mix, count)) in national.iter().enumerate() {
+        if let Some(mix) = mix {
+            rows.extend(GridIntensityRow::new(cache.days[d], "CN", sum, mix, *count, base_year));
+        }
+    }
+    rows
+}
+
+/// Annual intensity of each province and of China (days with generation, member-wise) beside
+/// the published factors of the year, with each province's consumption for its trade balance.
+fn grid_comparison(cache: &YearCache, panel: &ProxyPanel, references: &[co2cast_model::references::GridReference], year: i32, base_year: i32) -> Vec<GridComparisonLine> {
+    let reference = |p: Option<Province>| {
+        references.iter().find(|r| r.year == year && r.province == p).map(|r| (r.source.clone(), r.gco2_per_kwh))
+    };
+    let mut national = IntensitySum::default();
+    let mut national_consumption = Some(0.0);
+    let mut lines = Vec::new();
+    for (p, py) in &cache.provinces {
+        let Some(path) = &py.intensity else { continue };
+        let mut sum = IntensitySum::default();
+        for d in 0..path.days.len() {
+            sum.add_day(path, d);
+        }
+        let Some(band) = sum.band() else { continue };
+        let months: Vec<f64> = (1..=12).filter_map(|m| panel.monthly(co2cast_model::proxy::Signal::ElectricityConsumption, Scope::Province(*p), YearMonth::new(year, m))).collect();
+        let consumption = (months.len() == 12).then(|| months.iter().sum::<f64>());
+        national_consumption = national_consumption.zip(consumption).map(|(a, b)| a + b);
+        national.add(&sum);
+        lines.push(GridComparisonLine {
+            province: p.iso_code().to_string(),
+            intensity_gco2_per_kwh: band.central,
+            p2_5: band.p2_5,
+            p97_5: band.p97_5,
+            generation_gwh: sum.generation_gwh,
+            consumption_gwh: consumption,
+            reference: reference(Some(*p)),
+            base_year,
+        });
+    }
+    if let Some(band) = national.band() {
+        lines.push(GridComparisonLine {
+            province: "CN".into(),
+            intensity_gco2_per_kwh: band.central,
+            p2_5: band.p2_5,
+            p97_5: band.p97_5,
+            generation_gwh: national.generation_gwh,
+            consumption_gwh: national_consumption,
+            reference: reference(None),
+            base_year,
+        });
+    }
+    lines
 }
 
 /// Zero-valued series for every bounded label value the processor emits.
@@ -1492,6 +1577,8 @@ mod tests {
                     coverage_weighted: Vec::new(),
                     source: Vec::new(),
                     sector_totals: vec![(Sector::Power, 100.0, band_members(100.0)), (Sector::Industry, 50.0, band_members(50.0))],
+                    intensity: None,
+                    grid: Vec::new(),
                 };
                 (*p, py)
             })

@@ -24,10 +24,7 @@ pub struct ProxyRecord {
 }
 
 fn scope_code(s: Scope) -> String {
-    match s {
-        Scope::Province(p) => p.iso_code().to_string(),
-        Scope::National => "CN".into(),
-    }
+    s.to_string()
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -42,7 +39,7 @@ fn record(topic: Topic, scope: Scope, start: DateTime<Utc>, body: serde_json::Va
     ProxyRecord { topic, key: format!("{}/{}/{}", topic.key_prefix(), scope_code(scope), start_s), payload: body.to_string(), released_at }
 }
 
-/// Messages for `years` from a dataset: monthly thermal generation, industrial output as NBS
+/// Messages for `years` from a dataset: monthly generation by source, industrial output as NBS
 /// publishes it (year-to-date, January and February combined), national transport indices,
 /// and, for `daily_power_year`, daily thermal generation derived from the monthly totals and
 /// the power calendar factors (marked `derived:monthly×calendar` in `source`).
@@ -59,10 +56,11 @@ pub fn records_from_dataset(data: &Dataset, years: std::ops::RangeInclusive<i32>
         let start = day_start_utc(month.first_day());
         let end = day_start_utc(month.next().first_day());
         match signal {
-            Signal::ThermalGeneration => {
-                let body = serde_json::json!({"granularity": "month", "fuel": "thermal", "value": value, "unit": "GWh", "source": "nbs", "revision": 0});
+            Signal::ThermalGeneration | Signal::HydroGeneration | Signal::WindGeneration | Signal::SolarGeneration | Signal::NuclearGeneration => {
+                let fuel = signal.as_str().trim_end_matches("_generation");
+                let body = serde_json::json!({"granularity": "month", "fuel": fuel, "value": value, "unit": "GWh", "source": "nbs", "revision": 0});
                 out.push(record(Topic::PowerGeneration, scope, start, body, end + monthly_lag));
-                if daily_power_year == Some(month.year) {
+                if daily_power_year == Some(month.year) && signal == Signal::ThermalGeneration {
                     let w: Vec<(NaiveDate, f64)> =
                         days_of_month(month.year, month.month).map(|d| (d, factors.factor(Sector::Power, &cal, d))).collect();
                     let total_w: f64 = w.iter().map(|x| x.1).sum();

@@ -1,5 +1,5 @@
 //! Bounded exponential backoff for requests to the brokers: 100 ms, doubling, capped; the
-//! caller decides what is worth retrying (see [`crate::processor::PipelineError::retry_hint`]).
+//! caller decides what is worth retrying (see [`crate::error::PipelineError::retry_hint`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

@@ -1,5 +1,5 @@
-//! Topic names of a pipeline: the five proxy families in, the dead-letter queue and the
-//! estimates out. Defaults are the names in `proxies/README.md`; `pipelines/processor.toml`
+//! Topic names of a pipeline: the proxy families in, the dead-letter queue, the estimates and
+//! the grid intensity out. Defaults are the names in `proxies/README.md`; `pipelines/processor.toml`
 //! can rename them (e.g. per environment), and tests use suffixed names on a shared broker.
 
 use co2cast_ingest::Topic;
@@ -17,10 +17,12 @@ pub struct TopicNames {
     pub annual_register: String,
     pub dead_letter: String,
     pub estimates_daily: String,
+    pub grid_intensity_daily: String,
 }
 
 pub const DLQ_TOPIC: &str = "co2cast.dlq";
 pub const ESTIMATES_TOPIC: &str = "co2cast.estimates.daily";
+pub const GRID_INTENSITY_TOPIC: &str = "co2cast.grid_intensity.daily";
 
 impl Default for TopicNames {
     fn default() -> Self {
@@ -34,6 +36,7 @@ impl Default for TopicNames {
             annual_register: Topic::AnnualRegister.name().into(),
             dead_letter: DLQ_TOPIC.into(),
             estimates_daily: ESTIMATES_TOPIC.into(),
+            grid_intensity_daily: GRID_INTENSITY_TOPIC.into(),
         }
     }
 }
@@ -52,6 +55,7 @@ impl TopicNames {
             annual_register: d.annual_register + suffix,
             dead_letter: d.dead_letter + suffix,
             estimates_daily: d.estimates_daily + suffix,
+            grid_intensity_daily: d.grid_intensity_daily + suffix,
         }
     }
 
@@ -78,7 +82,7 @@ impl TopicNames {
 
     /// Names must be distinct and valid Kafka topic names.
     pub fn check(&self) -> Result<(), String> {
-        let all = [self.proxies(), vec![self.dead_letter.as_str(), self.estimates_daily.as_str()]].concat();
+        let all = [self.proxies(), vec![self.dead_letter.as_str(), self.estimates_daily.as_str(), self.grid_intensity_daily.as_str()]].concat();
         for n in &all {
             let ok = !n.is_empty() && n.len() <= 249 && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
             if !ok {

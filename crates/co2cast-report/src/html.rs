@@ -33,6 +33,8 @@ pub struct ReportInput {
     /// Calibration base year of the estimates, and when they were computed.
     pub base_year: i32,
     pub computed_at: String,
+    /// Per signal, the latest month (`YYYY-MM`) of its data up to the year's end.
+    pub data_as_of: Vec<(String, String)>,
 }
 
 fn esc(s: &str) -> String {
@@ -144,6 +146,15 @@ pub fn write_report(input: &ReportInput, dir: &Path) -> Result<PathBuf, ReportEr
     if !national_references.is_empty() {
         h.push_str("<h2>National total against every reference</h2>\n<p class=\"note\">References differ in scope: read each difference with the scope note beside it.</p>\n");
         references_table(&mut h, &national_references);
+    }
+    if !input.data_as_of.is_empty() {
+        let list: Vec<String> = input.data_as_of.iter().map(|(s, m)| format!("{} {}", esc(s), esc(m))).collect();
+        let _ = write!(
+            h,
+            "<p class=\"note\">Data as of (the latest month of each signal up to December {}; months after it are nowcast): {}.</p>\n",
+            input.year,
+            list.join(", ")
+        );
     }
     let _ = write!(h, "<h2>National daily series</h2>\n<figure>{series}</figure>\n");
     if !compare.is_empty() {
