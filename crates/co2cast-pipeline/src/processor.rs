@@ -66,6 +66,9 @@ pub struct ProcessorConfig {
     pub now_override: Option<String>,
     /// Estimate only these provinces (ISO codes); all when unset.
     pub provinces: Option<Vec<String>>,
+    /// The estimator's model settings (JSON, as `co2cast model-config` prints and
+    /// `pipelines/estimator-default.json` holds); the built-in default when unset.
+    pub model_config: Option<PathBuf>,
     pub topics: TopicNames,
     /// Parquet lake to write (estimates with vintages, ensemble, comparison, inputs); none when unset.
     pub lake_dir: Option<PathBuf>,
@@ -90,6 +93,26 @@ pub struct ProcessorConfig {
 
 impl ProcessorConfig {
     /// The settings estimates depend on besides their input, as one comparable string.
+    /// Settings that would otherwise be dropped silently later: every province must be known,
+    /// `now_override` must be an RFC 3339 time, the ensemble must have members.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(v) = &self.provinces {
+            if let Some(bad) = v.iter().find(|p| Province::parse_lenient(p).is_none()) {
+                return Err(format!("provinces: unknown province `{bad}`"));
+            }
+            if v.is_empty() {
+                return Err("provinces: empty list (leave it unset for every province)".into());
+            }
+        }
+        if let Some(t) = &self.now_override {
+            DateTime::parse_from_rfc3339(t).map_err(|e| format!("now_override `{t}` is not an RFC 3339 time: {e}"))?;
+        }
+        if self.ensemble_members == 0 {
+            return Err("ensemble_members must be at least 1".into());
+        }
+        self.topics.check()
+    }
+
     pub fn estimate_settings(&self) -> String {
         let provinces = match &self.provinces {
             None => "all".to_string(),
@@ -132,6 +155,7 @@ impl Default for ProcessorConfig {
             ensemble_seed: 20_190_101,
             now_override: None,
             provinces: None,
+            model_config: None,
             topics: TopicNames::default(),
             lake_dir: None,
             lake_ensemble_members: None,
@@ -212,6 +236,8 @@ pub struct Processor {
     caps: PlausibilityCaps,
     rules: ValidationRules,
     calibrations: BTreeMap<(i32, u32), Calibration>,
+    /// The estimator's model settings.
+    model: ModelConfig,
     /// CHP heat share of each province's power CO2, by base year.
     heat_shares: BTreeMap<i32, BTreeMap<Province, f64>>,
     /// Years with a yearbook inventory (base years of estimates).
@@ -377,9 +403,12 @@ impl YearCache {
 
 impl Processor {
     pub fn new(cfg: ProcessorConfig, history: Dataset) -> Result<Processor, PipelineError> {
-        cfg.topics.check().map_err(PipelineError::Config)?;
+        cfg.validate().map_err(PipelineError::Config)?;
         let watermarks = Watermarks::new(Duration::seconds(cfg.allowed_lateness_s), Duration::seconds(cfg.signal_idle_timeout_s));
-        let settings = cfg.estimate_settings();
+        let model = load_model_config(cfg.model_config.as_deref())?;
+        // A state estimated with other model settings is not resumed with these.
+        let model_json = serde_json::to_string(&model).map_err(|e| PipelineError::Internal(format!("model settings: {e}")))?;
+        let settings = format!("{}; model settings {:016x}", cfg.estimate_settings(), crate::estimates::fnv1a(&[model_json.as_bytes()]));
         // One writer per state directory and per lake: a second process would interleave
         // checkpoints and lake commits with this one's.
         let mut writer_locks = vec![writer_lock(&cfg.checkpoint_dir, "LOCK", "state directory")?];
@@ -472,6 +501,7 @@ impl Processor {
             rules,
             calibrations: BTreeMap::new(),
             heat_shares: BTreeMap::new(),
+            model,
             inventory_years,
             history_frontiers: BTreeMap::new(),
             marked_year: [None; Province::ALL.len() + 1],
@@ -1168,8 +1198,7 @@ impl Processor {
         let horizon = (year - last_inv) as u32;
         let key = (last_inv, horizon);
         if !self.calibrations.contains_key(&key) {
-            let cfg = ModelConfig::default();
-            let cal = calibrate(&self.history.inventory, &self.history.proxies, last_inv, horizon, &cfg)
+            let cal = calibrate(&self.history.inventory, &self.history.proxies, last_inv, horizon, &self.model)
                 .map_err(|e| PipelineError::Calibration(e.to_string()))?;
             self.calibrations.insert(key, cal);
         }
@@ -1363,6 +1392,13 @@ impl Processor {
         }
         Ok(keys.len() as u64)
     }
+}
+
+/// The model settings at `path` (JSON), or the built-in default.
+pub fn load_model_config(path: Option<&std::path::Path>) -> Result<ModelConfig, PipelineError> {
+    let Some(path) = path else { return Ok(ModelConfig::default()) };
+    let text = std::fs::read_to_string(path).map_err(|e| PipelineError::Config(format!("model_config {}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| PipelineError::Config(format!("model_config {}: {e}", path.display())))
 }
 
 /// CHP heat shares of every province's power CO2 for base year `base_year`: its district
@@ -1588,6 +1624,24 @@ mod tests {
 
     fn reference(source: &str, year: i32, v: f64) -> co2cast_model::references::NationalReference {
         co2cast_data::proxies::national_reference(source, BTreeMap::from([(year, v)]))
+    }
+
+    #[test]
+    fn settings_that_would_be_dropped_later_are_refused_when_loaded() {
+        let ok = ProcessorConfig { provinces: Some(vec!["CN-GD".into(), "Hebei".into()]), now_override: Some("2020-01-01T00:00:00+08:00".into()), ..ProcessorConfig::default() };
+        ok.validate().unwrap();
+        let bad = [
+            ProcessorConfig { provinces: Some(vec!["CN-GD".into(), "Atlantis".into()]), ..ProcessorConfig::default() },
+            ProcessorConfig { provinces: Some(Vec::new()), ..ProcessorConfig::default() },
+            ProcessorConfig { now_override: Some("yesterday".into()), ..ProcessorConfig::default() },
+            ProcessorConfig { ensemble_members: 0, ..ProcessorConfig::default() },
+        ];
+        for c in bad {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
+        assert!(load_model_config(Some(std::path::Path::new("/nonexistent/model.json"))).is_err());
+        let default = load_model_config(Some(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/estimator-default.json"))).unwrap();
+        assert_eq!(serde_json::to_string(&default).unwrap(), serde_json::to_string(&ModelConfig::default()).unwrap());
     }
 
     #[test]
