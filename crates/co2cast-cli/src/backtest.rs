@@ -46,6 +46,11 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         None => ModelConfig::default(),
     };
+    // A year without any proxy data would be a trend line, not an estimate.
+    let last_data_year = data.proxies.last_months().values().map(|m| m.year).max().unwrap_or(a.base_year);
+    if a.target_year > last_data_year {
+        return Err(format!("--target-year {}: the data end in {last_data_year}; a year without proxy data is not estimated", a.target_year).into());
+    }
     let settings = EnsembleSettings { members: a.members, seed: a.seed };
     // After the last inventory year there is nothing provincial to score: national totals
     // against the references, and the monthly path against the proxies.

@@ -43,18 +43,34 @@ pub struct Dataset {
 pub fn grid_references_from_bytes(file: &Path, bytes: &[u8]) -> Result<Vec<co2cast_model::references::GridReference>> {
     let t = Table::from_bytes(file, bytes)?;
     let (cs, cy, cc, cv) = (t.col("source")?, t.col("year")?, t.col("scope")?, t.col("gco2_per_kwh")?);
+    let mut seen = BTreeSet::new();
     (0..t.rows.len())
         .map(|i| {
+            let source = t.str(i, cs);
             let year: i32 = t.str(i, cy).parse().map_err(|_| DataError::field(file, t.line(i), "year", "not a year"))?;
+            if !(1990..=2100).contains(&year) {
+                return Err(DataError::field(file, t.line(i), "year", "outside 1990-2100"));
+            }
             let province = match t.str(i, cc) {
                 "CN" => None,
                 code => Some(Province::from_iso(code).ok_or_else(|| DataError::field(file, t.line(i), "scope", format!("unknown scope `{code}`")))?),
             };
+            // MEE's factors are provincial; the others national.
+            match (source, province) {
+                ("mee_provincial", Some(_)) | ("carbon_monitor_ei" | "ember", None) => {}
+                ("mee_provincial" | "carbon_monitor_ei" | "ember", _) => {
+                    return Err(DataError::field(file, t.line(i), "scope", format!("`{}` does not fit source `{source}`", t.str(i, cc))));
+                }
+                _ => return Err(DataError::field(file, t.line(i), "source", format!("unknown source `{source}` (mee_provincial, carbon_monitor_ei, ember)"))),
+            }
+            if !seen.insert((source.to_string(), year, province)) {
+                return Err(DataError::field(file, t.line(i), "scope", format!("a second {source} value for {} in {year}", t.str(i, cc))));
+            }
             let v = t.f64(i, cv)?;
             if !(v > 0.0 && v < 2000.0) {
                 return Err(DataError::field(file, t.line(i), "gco2_per_kwh", "outside (0, 2000)"));
             }
-            Ok(co2cast_model::references::GridReference { source: t.str(i, cs).to_string(), year, province, gco2_per_kwh: v })
+            Ok(co2cast_model::references::GridReference { source: source.to_string(), year, province, gco2_per_kwh: v })
         })
         .collect()
 }

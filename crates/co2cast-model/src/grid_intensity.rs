@@ -88,27 +88,34 @@ pub struct GenerationMix {
     pub wind_gwh: Option<f64>,
     pub solar_gwh: Option<f64>,
     pub nuclear_gwh: Option<f64>,
+    /// Sources (bit i: hydro, wind, solar, nuclear) whose month had no data and carry the
+    /// province's latest month of that source (within a year).
+    pub carried_forward: u8,
 }
+
+/// Months a non-thermal source's last value stands in for a missing month.
+pub const CARRY_FORWARD_MONTHS: u32 = 12;
 
 impl GenerationMix {
     pub fn total_gwh(&self) -> f64 {
         self.thermal_gwh + [self.hydro_gwh, self.wind_gwh, self.solar_gwh, self.nuclear_gwh].iter().flatten().sum::<f64>()
     }
 
-    /// Sources with data, comma-separated (`thermal,hydro,…`).
+    /// Sources with data, comma-separated (`thermal,hydro,…`); a source carried forward from
+    /// an earlier month is marked `(carried)`.
     pub fn sources(&self) -> String {
-        let mut s = vec!["thermal"];
-        for (name, v) in [("hydro", self.hydro_gwh), ("wind", self.wind_gwh), ("solar", self.solar_gwh), ("nuclear", self.nuclear_gwh)] {
+        let mut s = vec!["thermal".to_string()];
+        for (i, (name, v)) in [("hydro", self.hydro_gwh), ("wind", self.wind_gwh), ("solar", self.solar_gwh), ("nuclear", self.nuclear_gwh)].into_iter().enumerate() {
             if v.is_some() {
-                s.push(name);
+                s.push(if self.carried_forward & (1 << i) != 0 { format!("{name}(carried)") } else { name.to_string() });
             }
         }
         s.join(",")
     }
 
-    fn scaled(monthly: [Option<f64>; 5], thermal_day: f64, other_day_share: f64) -> GenerationMix {
+    fn scaled(monthly: [Option<f64>; 5], carried_forward: u8, thermal_day: f64, other_day_share: f64) -> GenerationMix {
         let other = |i: usize| monthly[i].map(|v| v * other_day_share);
-        GenerationMix { thermal_gwh: thermal_day, hydro_gwh: other(1), wind_gwh: other(2), solar_gwh: other(3), nuclear_gwh: other(4) }
+        GenerationMix { thermal_gwh: thermal_day, hydro_gwh: other(1), wind_gwh: other(2), solar_gwh: other(3), nuclear_gwh: other(4), carried_forward }
     }
 }
 
@@ -126,8 +133,25 @@ pub fn daily_generation(panel: &ProxyPanel, p: Province, days: &[NaiveDate], pow
         .zip(power_central)
         .map(|(d, v)| {
             let ym = YearMonth::new(d.year(), d.month());
-            let monthly = SOURCES.map(|s| panel.monthly(s, scope, ym).filter(|x| x.is_finite() && *x >= 0.0));
+            let value = |s: Signal, m: YearMonth| panel.monthly(s, scope, m).filter(|x| x.is_finite() && *x >= 0.0);
+            let mut monthly = SOURCES.map(|s| value(s, ym));
             let thermal_month = monthly[0]?;
+            // A month missing from a source the province has (Decembers of some exports, the
+            // months after a series ends) is not zero generation: its latest month stands in.
+            let mut carried = 0u8;
+            for i in 1..SOURCES.len() {
+                if monthly[i].is_none() {
+                    let mut m = ym;
+                    for _ in 0..CARRY_FORWARD_MONTHS {
+                        m = m.prev();
+                        if let Some(v) = value(SOURCES[i], m) {
+                            monthly[i] = Some(v);
+                            carried |= 1 << (i - 1);
+                            break;
+                        }
+                    }
+                }
+            }
             let n = f64::from(ym.days());
             let thermal = match panel.daily(Signal::ThermalGeneration, scope, *d) {
                 Some(x) if x.is_finite() && x >= 0.0 => x,
@@ -138,7 +162,7 @@ pub fn daily_generation(panel: &ProxyPanel, p: Province, days: &[NaiveDate], pow
                     if total > 0.0 { thermal_month * (covered / n) * v / total } else { thermal_month / n }
                 }
             };
-            Some(GenerationMix::scaled(monthly, thermal, 1.0 / n))
+            Some(GenerationMix::scaled(monthly, carried, thermal, 1.0 / n))
         })
         .collect()
 }
@@ -160,19 +184,28 @@ pub struct IntensityPath {
 
 /// Splits a province's power-sector ensemble (`power.members[j][d]`, the first
 /// `generation.len()` days) into heat and electricity, member by member: electricity gets
-/// `1 − heat share` of the CO2, at most the thermal generation's physical ceiling.
+/// `1 − heat share` of the CO2, and its central value at most the thermal generation's
+/// physical ceiling.
 pub fn allocate(power: &RowEnsemble, heat_share: f64, multipliers: &[f64], generation: Vec<Option<GenerationMix>>, allocation: &HeatAllocation) -> IntensityPath {
     let n = generation.len();
-    // MtCO2 per GWh of thermal generation.
-    let ceiling: Vec<f64> = generation.iter().map(|g| g.map_or(f64::INFINITY, |g| g.thermal_gwh * allocation.max_thermal_gco2_per_kwh / GCO2_PER_KWH_PER_MT_PER_GWH)).collect();
-    let electricity = |d: usize, v: f64, m: f64| (v * (1.0 - (heat_share * m).clamp(0.0, allocation.max_share))).min(ceiling[d]);
+    let share = |v: f64, m: f64| v * (1.0 - (heat_share * m).clamp(0.0, allocation.max_share));
+    // Where the central value passes the thermal ceiling, the day is scaled down to it, members
+    // with it: clipping each member at the ceiling would leave a band of zero width exactly
+    // where the inventory and the physics disagree.
+    let scale: Vec<f64> = (0..n)
+        .map(|d| {
+            let ceiling = generation[d].map_or(f64::INFINITY, |g| g.thermal_gwh * allocation.max_thermal_gco2_per_kwh / GCO2_PER_KWH_PER_MT_PER_GWH);
+            let central = share(power.central[d], 1.0);
+            if central > ceiling { ceiling / central } else { 1.0 }
+        })
+        .collect();
     IntensityPath {
         province: power.province,
         days: power.days[..n].to_vec(),
         heat_share,
         power_central: power.central[..n].to_vec(),
-        electricity_central: power.central[..n].iter().enumerate().map(|(d, v)| electricity(d, *v, 1.0)).collect(),
-        electricity_members: power.members.iter().zip(multipliers).map(|(m, k)| m[..n].iter().enumerate().map(|(d, v)| electricity(d, *v, *k)).collect()).collect(),
+        electricity_central: power.central[..n].iter().enumerate().map(|(d, v)| share(*v, 1.0) * scale[d]).collect(),
+        electricity_members: power.members.iter().zip(multipliers).map(|(m, k)| m[..n].iter().enumerate().map(|(d, v)| share(*v, *k) * scale[d]).collect()).collect(),
         generation,
     }
 }
@@ -296,6 +329,11 @@ mod tests {
         // No thermal generation that month: no intensity.
         let feb: Vec<NaiveDate> = (1..=3).map(|d| NaiveDate::from_ymd_opt(2021, 2, d).unwrap()).collect();
         assert!(daily_generation(&panel, Province::Yunnan, &feb, &[1.0; 3]).iter().all(Option::is_none));
+        // A source missing in a month with thermal data carries its latest month.
+        panel.set_monthly(Signal::ThermalGeneration, s, YearMonth::new(2021, 2), 2800.0);
+        let g = daily_generation(&panel, Province::Yunnan, &feb, &[1.0; 3]);
+        assert_eq!(g[0].unwrap().hydro_gwh, Some(6200.0 / 28.0));
+        assert_eq!(g[0].unwrap().sources(), "thermal,hydro(carried)");
     }
 
     proptest! {
@@ -329,9 +367,15 @@ mod tests {
                 for (j, i) in day.members_gco2_per_kwh().iter().enumerate() {
                     let e = path.electricity_members[j][d];
                     prop_assert!((i * g / GCO2_PER_KWH_PER_MT_PER_GWH - e).abs() <= 1e-12 * e.max(1.0));
-                    let ceiling = path.generation[d].unwrap().thermal_gwh * CHP_HEAT.max_thermal_gco2_per_kwh / GCO2_PER_KWH_PER_MT_PER_GWH;
-                    prop_assert!(e <= members[j][d] + 1e-15 && e <= ceiling * (1.0 + 1e-12));
-                    prop_assert!(e >= (members[j][d] * (1.0 - CHP_HEAT.max_share)).min(ceiling) * (1.0 - 1e-12));
+                    prop_assert!(e <= members[j][d] + 1e-15 && e >= 0.0);
+                }
+                let ceiling = path.generation[d].unwrap().thermal_gwh * CHP_HEAT.max_thermal_gco2_per_kwh / GCO2_PER_KWH_PER_MT_PER_GWH;
+                prop_assert!(path.electricity_central[d] <= ceiling * (1.0 + 1e-12));
+                // The ceiling scales a day, it does not flatten its band.
+                let unclipped: Vec<f64> = (0..members.len()).map(|j| members[j][d] * (1.0 - (heat * k[j]).clamp(0.0, CHP_HEAT.max_share))).collect();
+                let ratio = path.electricity_members[0][d] / unclipped[0];
+                for j in 0..members.len() {
+                    prop_assert!((path.electricity_members[j][d] - unclipped[j] * ratio).abs() <= 1e-12 * unclipped[j].max(1e-12));
                 }
                 let b = day.band().unwrap();
                 prop_assert!(b.p2_5 <= b.p50 && b.p50 <= b.p97_5);

@@ -49,9 +49,9 @@ impl GridReference {
             ),
             "carbon_monitor_ei" => (
                 "Carbon Monitor's national power-sector CO2 over the Energy Institute's total generation",
-                "its power CO2 includes CHP heat (co2cast removes about 11 %); EI generation includes plants below NBS's size threshold",
+                "its power CO2 includes CHP heat (co2cast removes 11 % nationally, more where CO2 exceeds the thermal ceiling); EI generation includes plants below NBS's size threshold",
             ),
-            "ember" => ("Ember's national emissions intensity of generation (direct combustion)", "whole-sector CO2 over all generation, heat not separated"),
+            "ember" => ("Ember's national emissions intensity of generation (direct combustion)", "whole-sector CO2 over all generation, heat not separated; generation includes plants below NBS's size threshold"),
             _ => ("", ""),
         }
     }

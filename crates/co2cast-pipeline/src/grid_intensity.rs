@@ -266,7 +266,7 @@ mod tests {
 
     fn row() -> GridIntensityRow {
         let sum = IntensitySum { power_mtco2: 1.0, electricity_mtco2: 0.9, electricity_members_mtco2: vec![0.85, 0.9, 0.95], generation_gwh: 1500.0, thermal_gwh: 1400.0 };
-        let mix = GenerationMix { thermal_gwh: 1400.0, hydro_gwh: Some(100.0), wind_gwh: None, solar_gwh: None, nuclear_gwh: None };
+        let mix = GenerationMix { thermal_gwh: 1400.0, hydro_gwh: Some(100.0), wind_gwh: None, solar_gwh: None, nuclear_gwh: None, carried_forward: 0 };
         GridIntensityRow::new(NaiveDate::from_ymd_opt(2021, 3, 1).unwrap(), "CN-SD", &sum, &mix, 1, 2019).unwrap()
     }
 

@@ -1457,6 +1457,7 @@ fn grid_rows(cache: &YearCache, base_year: i32) -> Vec<GridIntensityRow> {
                     wind_gwh: add(t.wind_gwh, mix.wind_gwh),
                     solar_gwh: add(t.solar_gwh, mix.solar_gwh),
                     nuclear_gwh: add(t.nuclear_gwh, mix.nuclear_gwh),
+                    carried_forward: t.carried_forward | mix.carried_forward,
                 },
             });
         }

@@ -174,12 +174,26 @@ pub fn write_report(input: &ReportInput, dir: &Path) -> Result<PathBuf, ReportEr
     let page = dir.join("index.html");
     std::fs::write(&page, h).map_err(|e| ReportError::io(&page, e))?;
 
-    let mut csv = String::from("province,sector,reference,estimate_mtco2,p2_5,p97_5,reference_mtco2,relative_difference,z_score,inside_band_95\n");
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let mut csv = String::from("province,sector,reference,estimate_mtco2,p2_5,p97_5,reference_mtco2,difference_mtco2,relative_difference,z_score,inside_band_95,base_year,reference_scope,scope_difference\n");
     for r in &input.rows {
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{},{},{},{},{}",
-            r.province, r.sector, r.reference, r.estimate_mtco2, r.p2_5, r.p97_5, r.reference_mtco2, r.relative_difference, r.z_score, r.inside_band_95
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            r.province,
+            r.sector,
+            r.reference,
+            r.estimate_mtco2,
+            r.p2_5,
+            r.p97_5,
+            r.reference_mtco2,
+            r.estimate_mtco2 - r.reference_mtco2,
+            r.relative_difference,
+            r.z_score,
+            r.inside_band_95,
+            input.base_year,
+            quote(&r.reference_scope),
+            quote(&r.scope_difference)
         );
     }
     let path = dir.join("comparison.csv");
