@@ -116,13 +116,6 @@ pub fn parse_item(s: &str) -> Option<InventoryItem> {
     }
 }
 
-pub fn scope_name(s: Scope) -> String {
-    s.to_string()
-}
-
-pub fn parse_scope(s: &str) -> Option<Scope> {
-    s.parse().ok()
-}
 
 fn provenance_name(p: &MonthlyProvenance) -> String {
     match p {
@@ -157,7 +150,7 @@ pub fn proxies_from_bytes(file: &Path, bytes: &[u8]) -> Result<ProxyPanel> {
         if unit != signal.unit() {
             return Err(DataError::Unit { file: file.to_path_buf(), field: format!("unit (line {})", t.line(i)), found: unit.into(), expected: signal.unit().into() });
         }
-        let scope = parse_scope(t.str(i, cc)).ok_or_else(|| DataError::field(file, t.line(i), "scope", format!("unknown scope `{}`", t.str(i, cc))))?;
+        let scope = t.str(i, cc).parse::<Scope>().ok().ok_or_else(|| DataError::field(file, t.line(i), "scope", format!("unknown scope `{}`", t.str(i, cc))))?;
         let month = YearMonth::parse(t.str(i, cm)).ok_or_else(|| DataError::field(file, t.line(i), "month", "bad month"))?;
         let v = t.f64(i, cv)?;
         if v < 0.0 {
@@ -319,7 +312,7 @@ pub fn write_extract(out: &Path, inv: &InventoryPanel, months: &[ProxyMonth]) ->
             s,
             "{},{},{},{},{},{}",
             m.signal,
-            scope_name(m.scope),
+            m.scope,
             m.month,
             round_sig(m.value),
             m.signal.unit(),

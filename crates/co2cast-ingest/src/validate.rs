@@ -480,7 +480,7 @@ pub fn validate_family(
     if value > hi {
         return reject(
             RejectCode::ImplausibleValue,
-            format!("{value:.4} {} exceeds the plausibility cap {hi:.4} for {signal} in {} per {:?}", signal.unit(), scope_name(scope), m.granularity).replace("Hour", "hour").replace("Day", "day").replace("Month", "month"),
+            format!("{value:.4} {} exceeds the plausibility cap {hi:.4} for {signal} in {} per {:?}", signal.unit(), scope, m.granularity).replace("Hour", "hour").replace("Day", "day").replace("Month", "month"),
         );
     }
     Ok(ValidProxy {
@@ -522,9 +522,6 @@ fn serialize_arc_str<S: serde::Serializer>(s: &std::sync::Arc<str>, ser: S) -> R
     ser.serialize_str(s)
 }
 
-fn scope_name(s: Scope) -> String {
-    s.to_string()
-}
 
 #[cfg(test)]
 mod tests {

@@ -125,9 +125,12 @@ impl GenerationMix {
 /// generation drives); hydro, wind, solar and nuclear are spread evenly over their month.
 pub fn daily_generation(panel: &ProxyPanel, p: Province, days: &[NaiveDate], power_central: &[f64]) -> Vec<Option<GenerationMix>> {
     let scope = Scope::Province(p);
-    let mut month_power: BTreeMap<YearMonth, f64> = BTreeMap::new();
+    // Per month: the power path's sum over the days given, and how many days that is.
+    let mut month_power: BTreeMap<YearMonth, (f64, f64)> = BTreeMap::new();
     for (d, v) in days.iter().zip(power_central) {
-        *month_power.entry(YearMonth::new(d.year(), d.month())).or_default() += v;
+        let e = month_power.entry(YearMonth::new(d.year(), d.month())).or_default();
+        e.0 += v;
+        e.1 += 1.0;
     }
     days.iter()
         .zip(power_central)
@@ -156,9 +159,8 @@ pub fn daily_generation(panel: &ProxyPanel, p: Province, days: &[NaiveDate], pow
             let thermal = match panel.daily(Signal::ThermalGeneration, scope, *d) {
                 Some(x) if x.is_finite() && x >= 0.0 => x,
                 _ => {
-                    let total = month_power.get(&ym).copied().unwrap_or(0.0);
                     // The month's share of its days covered here (a partial month keeps its rate).
-                    let covered = days.iter().filter(|x| x.year() == d.year() && x.month() == d.month()).count() as f64;
+                    let (total, covered) = month_power.get(&ym).copied().unwrap_or((0.0, 0.0));
                     if total > 0.0 { thermal_month * (covered / n) * v / total } else { thermal_month / n }
                 }
             };

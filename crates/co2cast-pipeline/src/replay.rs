@@ -23,10 +23,6 @@ pub struct ProxyRecord {
     pub released_at: DateTime<Utc>,
 }
 
-fn scope_code(s: Scope) -> String {
-    s.to_string()
-}
-
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.with_timezone(&co2cast_model::calendar::shanghai()).to_rfc3339()
 }
@@ -34,9 +30,9 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 fn record(topic: Topic, scope: Scope, start: DateTime<Utc>, body: serde_json::Value, released_at: DateTime<Utc>) -> ProxyRecord {
     let start_s = rfc3339(start);
     let mut body = body;
-    body["province"] = serde_json::Value::String(scope_code(scope));
+    body["province"] = serde_json::Value::String(scope.to_string());
     body["period_start"] = serde_json::Value::String(start_s.clone());
-    ProxyRecord { topic, key: format!("{}/{}/{}", topic.key_prefix(), scope_code(scope), start_s), payload: body.to_string(), released_at }
+    ProxyRecord { topic, key: format!("{}/{}/{}", topic.key_prefix(), scope, start_s), payload: body.to_string(), released_at }
 }
 
 /// Messages for `years` from a dataset: monthly generation by source, industrial output as NBS
