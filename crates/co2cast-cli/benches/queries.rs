@@ -113,7 +113,7 @@ fn write_lake(dir: &Path, years: i32, members: usize) {
                         sector: s,
                         days: days.clone(),
                         day_month: vec![0; days.len()],
-                        months: vec![MonthInfo { month: co2cast_model::series::YearMonth { year: y, month: m }, source_type: SourceType::Proxy, coverage: 1.0, nowcast_months: 0, proxies: Vec::new() }],
+                        months: vec![MonthInfo { month: co2cast_model::series::YearMonth { year: y, month: m }, source_type: SourceType::Proxy, coverage: 1.0, nowcast_months: 0, proxies: Vec::new(), data_through: None }],
                         central,
                         members: ens,
                     });
@@ -145,6 +145,7 @@ fn row(date: NaiveDate, province: &str, sector: &str, v: f64) -> EstimateRow {
         source_type: SourceType::Proxy,
         coverage: 1.0,
         proxies: "power.generation".into(),
+        data_through: Some(format!("{:04}-{:02}", chrono::Datelike::year(&date), chrono::Datelike::month(&date))),
         base_year: 2018,
         model_version: "bench".into(),
         revision: 0,

@@ -257,5 +257,8 @@ fn report(s: &RunSummary, json: bool) -> Result<(), Box<dyn std::error::Error>> 
             .collect();
         println!("data as of         {}", list.join(", "));
     }
+    if let Some((first, last)) = s.nowcast_beyond_data {
+        println!("nowcast            {first} to {last}: past the latest data, each month ahead widening the band (nowcast_months_beyond_data; no grid intensity without generation data)");
+    }
     Ok(())
 }

@@ -404,6 +404,8 @@ fn prometheus_dashboards_and_alerts_read_what_the_processor_exposes() {
     assert_eq!(sum("co2cast_proxy_dead_lettered_messages_total", &|_| true), c["dead_lettered"].as_u64().unwrap());
     assert_eq!(sum("co2cast_proxy_late_messages_total", &|_| true), c["late"].as_u64().unwrap());
     assert_eq!(sum("co2cast_estimate_published_rows_total", &|_| true), c["estimates_published"].as_u64().unwrap());
+    assert_eq!(sum("co2cast_grid_intensity_published_rows_total", &|_| true), c["grid_intensity_published"].as_u64().unwrap());
+    assert!(c["grid_intensity_published"].as_u64().unwrap() > 0, "the sample has generation data: grid intensity rows are published");
     for (code, n, _) in &bad {
         assert_eq!(sum("co2cast_proxy_dead_lettered_messages_total", &|l| l["code"] == *code && l["family"] == "power.generation"), *n as u64, "{code}");
         assert_eq!(c["dead_lettered_by_code"][code].as_u64(), Some(*n as u64), "{code}");

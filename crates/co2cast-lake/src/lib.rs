@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 pub const MANIFEST: &str = "_manifest.json";
 /// Format of the lake. 2: canonical integer partition values (`month=7`). A lake of another
 /// format is refused with what to do (see [`Manifest::read`]).
-pub const MANIFEST_VERSION: u32 = 3;
+pub const MANIFEST_VERSION: u32 = 4;
 /// Present while a writer changes files (from before the first file until after the
 /// manifest), so that a reader can tell that what it read may mix two commits.
 pub const WRITING: &str = "_writing";
@@ -106,7 +106,7 @@ impl Manifest {
             return Err(LakeError::Format {
                 path: mp,
                 msg: format!(
-                    "lake format {} (this co2cast reads format {MANIFEST_VERSION}: canonical partition values such as month=7, and a comparison table with a `reference` column); move the lake away or pass another --lake, and `co2cast run` writes a new one",
+                    "lake format {} (this co2cast reads format {MANIFEST_VERSION}: canonical partition values such as month=7, a comparison table with a `reference` column, and estimates with a `data_through` column); move the lake away or pass another --lake, and `co2cast run` writes a new one",
                     m.version
                 ),
             });

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub estimate_freshness: AgeGauge,
     pub estimate_reestimation_duration: Histogram,
     pub estimate_flush_rows: Histogram,
+    pub grid_intensity_published: IntCounter,
+    pub grid_intensity_revised: IntCounter,
     // SQL.
     pub sql_query_duration: HistogramVec,
     pub sql_query_errors: IntCounterVec,
@@ -96,6 +98,8 @@ impl Metrics {
             estimate_freshness: AgeGauge::new("co2cast_estimate_freshness_seconds", "Time since the end of the newest published day (Asia/Shanghai), per sector.", Some("sector")),
             estimate_reestimation_duration: histogram("co2cast_estimate_reestimation_duration_seconds", "Time to re-estimate what changed and publish it, per flush.", SECONDS_SLOW),
             estimate_flush_rows: histogram("co2cast_estimate_flush_rows", "Rows published per flush.", ROWS),
+            grid_intensity_published: IntCounter::new("co2cast_grid_intensity_published_rows_total", "Daily grid intensity rows published (new rows and revisions).").expect("valid metric definition"),
+            grid_intensity_revised: IntCounter::new("co2cast_grid_intensity_revised_rows_total", "Published grid intensity rows that revise an earlier vintage.").expect("valid metric definition"),
             sql_query_duration: HistogramVec::new(HistogramOpts::new("co2cast_sql_query_duration_seconds", "Time to answer a SQL statement.").buckets(SECONDS_FAST.to_vec()), &["protocol"])
                 .expect("valid metric definition"),
             sql_query_errors: counter("co2cast_sql_query_errors_total", "SQL statements answered with an error, by class.", &["class"]),
@@ -128,6 +132,8 @@ impl Metrics {
                 Box::new(self.estimate_freshness.clone()),
                 Box::new(self.estimate_reestimation_duration.clone()),
                 Box::new(self.estimate_flush_rows.clone()),
+                Box::new(self.grid_intensity_published.clone()),
+                Box::new(self.grid_intensity_revised.clone()),
             ],
             Role::Sql => vec![
                 Box::new(self.sql_query_duration.clone()),

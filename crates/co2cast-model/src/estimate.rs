@@ -78,6 +78,9 @@ pub struct DailyEstimate {
     /// Share of expected proxy inputs present, weighted by base-year emissions (0–1).
     pub coverage: f64,
     pub proxies: Vec<Signal>,
+    /// The latest month of monthly proxy data the row rests on: its own month when
+    /// observed, earlier for a nowcast; `None` when no monthly signal drives the row.
+    pub data_through: Option<YearMonth>,
     pub base_year: i32,
     pub model_version: String,
 }
@@ -91,6 +94,9 @@ pub struct MonthInfo {
     /// Months beyond the last published proxy month (0 when observed).
     pub nowcast_months: u32,
     pub proxies: Vec<Signal>,
+    /// The latest month of monthly proxy data behind the month (`month - nowcast_months`);
+    /// `None` when no monthly signal drives the row.
+    pub data_through: Option<YearMonth>,
 }
 
 /// Central path and ensemble of one province-sector over a span of days.
@@ -140,6 +146,7 @@ impl RowEnsemble {
                     source_type: info.source_type,
                     coverage: info.coverage,
                     proxies: info.proxies.clone(),
+                    data_through: info.data_through,
                     base_year,
                     model_version: MODEL_VERSION.to_string(),
                 }
@@ -384,7 +391,8 @@ impl<'a> Estimator<'a> {
         // The indicator: the shape of the components' days (daily proxies where they
         // exist, calendar factors elsewhere), relative to the month's mean.
         let indicator: Vec<f64> = if total > 0.0 { shaped.iter().map(|v| v / total * shaped.len() as f64).collect() } else { calendar };
-        Some((total, indicator, MonthInfo { month: m, source_type, coverage, nowcast_months: ahead, proxies: proxies_used }))
+        let data_through = (proxy_driven > 0).then(|| m.add_months(-(ahead as i32)));
+        Some((total, indicator, MonthInfo { month: m, source_type, coverage, nowcast_months: ahead, proxies: proxies_used, data_through }))
     }
 
     /// Central path and `settings.members` ensemble members for one row over `months`

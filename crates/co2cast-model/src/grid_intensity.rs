@@ -291,7 +291,7 @@ mod tests {
             sector: crate::domain::Sector::Power,
             days: days.to_vec(),
             day_month: vec![0; days.len()],
-            months: vec![MonthInfo { month: YearMonth::new(2021, 1), source_type: SourceType::Proxy, coverage: 1.0, nowcast_months: 0, proxies: Vec::new() }],
+            months: vec![MonthInfo { month: YearMonth::new(2021, 1), source_type: SourceType::Proxy, coverage: 1.0, nowcast_months: 0, proxies: Vec::new(), data_through: None }],
             central,
             members,
         }

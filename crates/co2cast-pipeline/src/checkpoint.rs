@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 /// 2: owed re-estimations, series frontiers and national totals are checkpointed; the
 /// published fingerprint covers every column.
-pub const CHECKPOINT_VERSION: u32 = 3;
+pub const CHECKPOINT_VERSION: u32 = 4;
 
 /// Message accounting: `received == accepted + dead_lettered` at every checkpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +31,9 @@ pub struct Counters {
     pub dead_lettered_by_code: BTreeMap<String, u64>,
     pub estimates_published: u64,
     pub estimate_revisions_published: u64,
+    /// Grid intensity rows published (first vintages and revisions), and of them revisions.
+    pub grid_intensity_published: u64,
+    pub grid_intensity_revisions_published: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

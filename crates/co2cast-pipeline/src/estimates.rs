@@ -14,6 +14,7 @@
 //! | source_type | Utf8 | proxy, gap_filled, nowcast |
 //! | coverage | Float64 | share of expected proxy inputs present (0–1) |
 //! | proxies | Utf8 | `;`-separated signals used |
+//! | data_through | Utf8, nullable | `YYYY-MM`: latest month of proxy data behind the row (the row's month when observed, earlier for a nowcast; national rows: the earliest of their provinces); null when no monthly signal drives the row |
 //! | base_year | Int32 | inventory year the estimate is calibrated on |
 //! | model_version | Utf8 | estimator version |
 //! | revision | UInt32 | 0 for the first publication, +1 for each change |
@@ -23,6 +24,7 @@ use arrow::array::{ArrayRef, Date32Builder, Float64Builder, Int32Builder, Record
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use chrono::{DateTime, NaiveDate, Utc};
 use co2cast_model::estimate::{Band, DailyEstimate, MODEL_VERSION, SourceType};
+use co2cast_model::series::YearMonth;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -55,6 +57,9 @@ pub struct EstimateRow {
     pub source_type: SourceType,
     pub coverage: f64,
     pub proxies: String,
+    /// `YYYY-MM`: the latest month of proxy data behind the row (its own month when observed,
+    /// earlier for a nowcast); `None` when no monthly signal drives it.
+    pub data_through: Option<String>,
     pub base_year: i32,
     pub model_version: String,
     pub revision: u32,
@@ -75,13 +80,15 @@ impl EstimateRow {
             source_type: d.source_type,
             coverage: d.coverage,
             proxies: d.proxies.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(";"),
+            data_through: d.data_through.map(|m| m.to_string()),
             base_year: d.base_year,
             model_version: d.model_version.clone(),
             revision: 0,
         }
     }
 
-    pub fn national(date: NaiveDate, band: &Band, source_type: SourceType, coverage: f64, base_year: i32) -> EstimateRow {
+    /// The national row of a day; `data_through` is the earliest among its provinces' rows.
+    pub fn national(date: NaiveDate, band: &Band, source_type: SourceType, coverage: f64, data_through: Option<YearMonth>, base_year: i32) -> EstimateRow {
         EstimateRow {
             date,
             province: "CN".into(),
@@ -95,6 +102,7 @@ impl EstimateRow {
             source_type,
             coverage,
             proxies: String::new(),
+            data_through: data_through.map(|m| m.to_string()),
             base_year,
             model_version: MODEL_VERSION.to_string(),
             revision: 0,
@@ -120,7 +128,7 @@ impl EstimateRow {
             self.source_type as i64,
             (self.coverage * 1.0e6).round() as i64,
             self.base_year as i64,
-            fnv1a(&[self.proxies.as_bytes(), b"\0", self.model_version.as_bytes()]) as i64,
+            fnv1a(&[self.proxies.as_bytes(), b"\0", self.model_version.as_bytes(), b"\0", self.data_through.as_deref().unwrap_or("-").as_bytes()]) as i64,
         ]
     }
 }
@@ -140,6 +148,7 @@ pub fn schema() -> Arc<Schema> {
         f("source_type", DataType::Utf8),
         f("coverage", DataType::Float64),
         f("proxies", DataType::Utf8),
+        Field::new("data_through", DataType::Utf8, true),
         f("base_year", DataType::Int32),
         f("model_version", DataType::Utf8),
         f("revision", DataType::UInt32),
@@ -161,6 +170,7 @@ pub fn to_batch_at(rows: &[EstimateRow], computed_at_us: Vec<i64>) -> RecordBatc
     let mut source = StringBuilder::new();
     let mut coverage = Float64Builder::new();
     let mut proxies = StringBuilder::new();
+    let mut through = StringBuilder::new();
     let mut base = Int32Builder::new();
     let mut version = StringBuilder::new();
     let mut revision = UInt32Builder::new();
@@ -174,6 +184,7 @@ pub fn to_batch_at(rows: &[EstimateRow], computed_at_us: Vec<i64>) -> RecordBatc
         source.append_value(r.source_type.as_str());
         coverage.append_value(r.coverage);
         proxies.append_value(&r.proxies);
+        through.append_option(r.data_through.as_deref());
         base.append_value(r.base_year);
         version.append_value(&r.model_version);
         revision.append_value(r.revision);
@@ -185,6 +196,7 @@ pub fn to_batch_at(rows: &[EstimateRow], computed_at_us: Vec<i64>) -> RecordBatc
     cols.push(Arc::new(source.finish()));
     cols.push(Arc::new(coverage.finish()));
     cols.push(Arc::new(proxies.finish()));
+    cols.push(Arc::new(through.finish()));
     cols.push(Arc::new(base.finish()));
     cols.push(Arc::new(version.finish()));
     cols.push(Arc::new(revision.finish()));

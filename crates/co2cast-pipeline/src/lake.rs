@@ -368,6 +368,7 @@ pub fn rows_from_batch(b: &RecordBatch) -> Result<Vec<(EstimateRow, i64)>, Strin
     let f = |n| col::<Float64Array>(b, n);
     let (prov, sec, src, prox, ver) = (s("province")?, s("sector")?, s("source_type")?, s("proxies")?, s("model_version")?);
     let (v, p2, p5, p50, p95, p97, cov) = (f("value_mtco2")?, f("p2_5")?, f("p5")?, f("p50")?, f("p95")?, f("p97_5")?, f("coverage")?);
+    let through = s("data_through")?;
     let base = col::<Int32Array>(b, "base_year")?;
     let rev = col::<UInt32Array>(b, "revision")?;
     let at = col::<TimestampMicrosecondArray>(b, "computed_at")?;
@@ -390,6 +391,7 @@ pub fn rows_from_batch(b: &RecordBatch) -> Result<Vec<(EstimateRow, i64)>, Strin
                     source_type,
                     coverage: cov.value(i),
                     proxies: prox.value(i).to_string(),
+                    data_through: through.is_valid(i).then(|| through.value(i).to_string()),
                     base_year: base.value(i),
                     model_version: ver.value(i).to_string(),
                     revision: rev.value(i),

@@ -62,8 +62,13 @@ pub struct ProcessorConfig {
     pub future_tolerance_s: i64,
     pub ensemble_members: usize,
     pub ensemble_seed: u64,
-    /// Reference "now" for validation of replayed history (RFC 3339); the wall clock when unset.
+    /// Reference "now" for validation of replayed history and for the end of nowcasts
+    /// (RFC 3339); the wall clock when unset.
     pub now_override: Option<String>,
+    /// Months estimated past the latest month any signal has reached, as nowcasts whose bands
+    /// widen with each month ahead; never past today (Asia/Shanghai). 0: estimates stop at
+    /// the data.
+    pub nowcast_months_beyond_data: u32,
     /// Estimate only these provinces (ISO codes); all when unset.
     pub provinces: Option<Vec<String>>,
     /// The estimator's model settings (JSON, as `co2cast model-config` prints and
@@ -110,6 +115,12 @@ impl ProcessorConfig {
         if self.ensemble_members == 0 {
             return Err("ensemble_members must be at least 1".into());
         }
+        if self.nowcast_months_beyond_data > MAX_NOWCAST_MONTHS_BEYOND_DATA {
+            return Err(format!(
+                "nowcast_months_beyond_data {} is more than {MAX_NOWCAST_MONTHS_BEYOND_DATA} (each month ahead widens the band by the model's nowcast_rel_sd_per_month; a longer walk says little)",
+                self.nowcast_months_beyond_data
+            ));
+        }
         self.topics.check()
     }
 
@@ -124,10 +135,11 @@ impl ProcessorConfig {
             }
         };
         format!(
-            "model {}; provinces {provinces}; members {}; seed {}; lake members {}",
+            "model {}; provinces {provinces}; members {}; seed {}; nowcast months beyond data {}; lake members {}",
             co2cast_model::estimate::MODEL_VERSION,
             self.ensemble_members,
             self.ensemble_seed,
+            self.nowcast_months_beyond_data,
             self.lake_ensemble_members.map_or("all".to_string(), |n| n.to_string())
         )
     }
@@ -154,6 +166,7 @@ impl Default for ProcessorConfig {
             ensemble_members: 200,
             ensemble_seed: 20_190_101,
             now_override: None,
+            nowcast_months_beyond_data: 3,
             provinces: None,
             model_config: None,
             topics: TopicNames::default(),
@@ -169,6 +182,9 @@ impl Default for ProcessorConfig {
 }
 
 /// Consumer properties exactly-once and group membership rest on.
+/// The furthest `nowcast_months_beyond_data` may reach.
+pub const MAX_NOWCAST_MONTHS_BEYOND_DATA: u32 = 12;
+
 const PINNED_CONSUMER_OPTIONS: [&str; 7] =
     ["bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset", "enable.partition.eof", "isolation.level"];
 
@@ -190,6 +206,8 @@ pub struct RunSummary {
     pub data_as_of: Vec<SignalAsOf>,
     /// National references for the years of `national` (source, year, MtCO2).
     pub references: Vec<(String, i32, f64)>,
+    /// Days estimated past the latest day any signal reached (nowcasts), first and last.
+    pub nowcast_beyond_data: Option<(NaiveDate, NaiveDate)>,
 }
 
 /// The latest month of one signal that went into the estimates.
@@ -327,6 +345,8 @@ struct ProvinceYear {
     /// Σ coverage·value and source type per day, for the national rows.
     coverage_weighted: Vec<f64>,
     source: Vec<SourceType>,
+    /// The earliest `data_through` of the day's rows (those a monthly signal drives).
+    data_through: Vec<Option<YearMonth>>,
     /// Per sector: central and member sums over the days estimated (for the comparison).
     sector_totals: Vec<(Sector, f64, Vec<f64>)>,
     /// Power CO2 split into heat and electricity, with generation (grid intensity).
@@ -715,6 +735,23 @@ impl Processor {
         self.ckpt.frontier = frontier;
     }
 
+    /// The last day estimates run to: the latest day any signal has reached, then
+    /// `nowcast_months_beyond_data` more months of nowcasts, but never past today.
+    fn estimate_end(&self) -> Option<NaiveDate> {
+        let last = self.ckpt.watermarks.signals.values().map(|w| w.max_event_end).max()?;
+        let last_day = shanghai_day(&(last - Duration::seconds(1)));
+        let bound = YearMonth::of(last_day).add_months(self.cfg.nowcast_months_beyond_data as i32).last_day();
+        Some(last_day.max(bound.min(shanghai_day(&self.now()))))
+    }
+
+    /// The days `estimate_end` adds past the latest day any signal reached.
+    fn nowcast_beyond_data(&self) -> Option<(NaiveDate, NaiveDate)> {
+        let last = self.ckpt.watermarks.signals.values().map(|w| w.max_event_end).max()?;
+        let last_day = shanghai_day(&(last - Duration::seconds(1)));
+        let end = self.estimate_end()?;
+        (end > last_day).then(|| (last_day + Duration::days(1), end))
+    }
+
     /// The Asia/Shanghai year of the latest period end any signal has reached.
     fn latest_event_year(&self) -> Option<i32> {
         let last = self.ckpt.watermarks.signals.values().map(|w| w.max_event_end).max()?;
@@ -770,6 +807,7 @@ impl Processor {
             checkpoints: p.ckpt.sequence,
             provinces: p.cfg.provinces.as_ref().map_or(Province::ALL.len(), |v| v.len()),
             data_as_of: data_as_of(&p.ckpt.frontier),
+            nowcast_beyond_data: p.nowcast_beyond_data(),
             references: if p.cfg.provinces.is_some() {
                 Vec::new()
             } else {
@@ -1011,7 +1049,7 @@ impl Processor {
                         use co2cast_model::calendar::civil::{shanghai_year, shanghai_year_start};
                         let y = shanghai_year(v.period_start_s);
                         // Every year whose estimate reads values of year y.
-                        let last = self.latest_event_year().unwrap_or(y as i32);
+                        let last = self.estimate_end().map_or(y as i32, |d| d.year());
                         for year in co2cast_model::estimate::years_reading(y as i32, &self.inventory_years, last) {
                             // The year before reads only January (its December's days run into
                             // it): re-estimated when it has estimates, never started for it.
@@ -1188,9 +1226,8 @@ impl Processor {
     fn estimate_year(&mut self, year: i32, dirty: &Dirty, live: &ProxyPanel) -> Result<u64, PipelineError> {
         let inv_years = self.history.inventory.years();
         let Some(&last_inv) = inv_years.iter().filter(|y| **y < year).max() else { return Ok(0) };
-        // Days up to the furthest signal watermark: later days have no data at all yet.
-        let Some(last_event) = self.ckpt.watermarks.signals.values().map(|w| w.max_event_end).max() else { return Ok(0) };
-        let last_day = shanghai_day(&(last_event - Duration::seconds(1)));
+        // Days up to the furthest signal watermark and the nowcast months beyond it.
+        let Some(last_day) = self.estimate_end() else { return Ok(0) };
         if last_day.year() < year {
             return Ok(0);
         }
@@ -1247,6 +1284,7 @@ impl Processor {
                 members: vec![vec![0.0; ndays]; settings.members],
                 coverage_weighted: vec![0.0; ndays],
                 source: vec![SourceType::Proxy; ndays],
+                data_through: vec![None; ndays],
                 sector_totals: Vec::new(),
                 intensity: rows.iter().find(|r| r.sector == Sector::Power).map(|r| {
                     let generation = co2cast_model::grid_intensity::daily_generation(&panel, p, &r.days[..ndays], &r.central[..ndays]);
@@ -1260,6 +1298,7 @@ impl Processor {
                 for (i, d) in r.daily_estimates(last_inv).into_iter().enumerate().take(ndays) {
                     py.central[i] += d.value_mtco2;
                     py.source[i] = py.source[i].max(d.source_type);
+                    py.data_through[i] = earliest(py.data_through[i], d.data_through);
                     py.coverage_weighted[i] += d.coverage * d.value_mtco2;
                     py.rows.push(EstimateRow::from_daily(&d));
                 }
@@ -1283,11 +1322,13 @@ impl Processor {
         let mut members = vec![vec![0.0; ndays]; settings.members];
         let mut cov = vec![0.0; ndays];
         let mut source = vec![SourceType::Proxy; ndays];
+        let mut through_month = vec![None; ndays];
         for py in cache.provinces.values() {
             for i in 0..ndays {
                 central[i] += py.central[i];
                 cov[i] += py.coverage_weighted[i];
                 source[i] = source[i].max(py.source[i]);
+                through_month[i] = earliest(through_month[i], py.data_through[i]);
             }
             for (acc, m) in members.iter_mut().zip(&py.members) {
                 for (x, y) in acc.iter_mut().zip(m) {
@@ -1298,7 +1339,7 @@ impl Processor {
         for (i, d) in cache.days.iter().enumerate() {
             let col: Vec<f64> = members.iter().map(|m| m[i]).collect();
             let c = if central[i] > 0.0 { cov[i] / central[i] } else { 0.0 };
-            out.push(EstimateRow::national(*d, &Band::from_members(central[i], &col), source[i], c, last_inv));
+            out.push(EstimateRow::national(*d, &Band::from_members(central[i], &col), source[i], c, through_month[i], last_inv));
         }
         let grid = grid_rows(cache, last_inv);
         let annual_members: Vec<f64> = members.iter().map(|m| m.iter().sum()).collect();
@@ -1331,6 +1372,11 @@ impl Processor {
                 let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.cfg.topics.grid_intensity_daily).key(key.as_bytes()).payload(&json);
                 self.send(rec)?;
             }
+            let revisions = grid_changed.iter().filter(|r| r.revision > 0).count() as u64;
+            let c = &mut self.ckpt.counters;
+            c.grid_intensity_published += grid_changed.len() as u64;
+            c.grid_intensity_revisions_published += revisions;
+            co2cast_metrics::events::GridIntensityPublished { rows: grid_changed.len() as u64, revisions }.emit();
         }
         if let Some(lake) = &mut self.lake {
             let commit = self.ckpt.sequence + 1;
@@ -1391,6 +1437,14 @@ impl Processor {
             self.send(rec)?;
         }
         Ok(keys.len() as u64)
+    }
+}
+
+/// The earlier of two months, a missing one counting as no constraint.
+fn earliest(a: Option<YearMonth>, b: Option<YearMonth>) -> Option<YearMonth> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
     }
 }
 
@@ -1613,6 +1667,7 @@ mod tests {
                     members: Vec::new(),
                     coverage_weighted: Vec::new(),
                     source: Vec::new(),
+                    data_through: Vec::new(),
                     sector_totals: vec![(Sector::Power, 100.0, band_members(100.0)), (Sector::Industry, 50.0, band_members(50.0))],
                     intensity: None,
                     grid: Vec::new(),
@@ -1636,6 +1691,7 @@ mod tests {
             ProcessorConfig { provinces: Some(Vec::new()), ..ProcessorConfig::default() },
             ProcessorConfig { now_override: Some("yesterday".into()), ..ProcessorConfig::default() },
             ProcessorConfig { ensemble_members: 0, ..ProcessorConfig::default() },
+            ProcessorConfig { nowcast_months_beyond_data: MAX_NOWCAST_MONTHS_BEYOND_DATA + 1, ..ProcessorConfig::default() },
         ];
         for c in bad {
             assert!(c.validate().is_err(), "{c:?}");

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use chrono::NaiveDate;
 use co2cast_ingest::Topic;
 use co2cast_pipeline::replay::ProxyRecord;
 use co2cast_pipeline::{Processor, ProcessorConfig};
@@ -91,6 +92,46 @@ fn nowcasts_are_replaced_when_the_monthly_data_arrive() {
     let after = latest_estimates(brokers);
     assert_eq!(after["CN-HE/industry/2019-06-15"]["source_type"], "proxy");
     drop(broker);
+}
+
+#[test]
+fn estimates_run_past_the_data_as_nowcasts_for_the_configured_months_but_never_past_today() {
+    let (data, records) = sample();
+    let run = |name: &str, now: &str, months: u32| {
+        let broker = TestBroker::start("t");
+        produce(&broker, &records);
+        let cfg = ProcessorConfig { now_override: Some(now.into()), nowcast_months_beyond_data: months, ..config(&broker, &tempdir(name)) };
+        let summary = run_to_idle(cfg, &data);
+        (latest_estimates(&broker), summary)
+    };
+    // The sample ends in December 2019; today is long after: three months of nowcasts.
+    let (est, summary) = run("past-data", "2026-11-30T12:00:00+08:00", 3);
+    let day = |d: &str| NaiveDate::parse_from_str(d, "%Y-%m-%d").unwrap();
+    assert_eq!(summary.nowcast_beyond_data, Some((day("2020-01-01"), day("2020-03-31"))));
+    assert!(est.contains_key("CN/all/2020-03-31") && !est.contains_key("CN/all/2020-04-01"));
+    assert!(est.contains_key("CN-GD/power/2020-03-31") && !est.keys().any(|k| k.ends_with("2020-04-01")));
+    for m in ["01", "02", "03"] {
+        let r = &est[&format!("CN/all/2020-{m}-15")];
+        assert_eq!(r["source_type"], "nowcast", "{r}");
+        assert_eq!(r["data_through"], "2019-12", "{r}");
+    }
+    // Each month ahead widens the band.
+    let width = |k: &str| {
+        let r = &est[k];
+        (r["p97_5"].as_f64().unwrap() - r["p2_5"].as_f64().unwrap()) / r["value_mtco2"].as_f64().unwrap()
+    };
+    assert!(width("CN-GD/industry/2020-03-15") > width("CN-GD/industry/2020-01-15"), "{} vs {}", width("CN-GD/industry/2020-03-15"), width("CN-GD/industry/2020-01-15"));
+    assert!(width("CN/all/2020-03-15") > width("CN/all/2019-12-15"));
+    // Observed rows rest on their own month.
+    assert_eq!(est["CN-HE/power/2019-06-15"]["data_through"], "2019-06");
+    assert_eq!(est["CN/all/2019-06-15"]["data_through"], "2019-06");
+    // Today bounds the nowcast; and no nowcast months: estimates stop at the data.
+    let (early, summary) = run("past-data-today", "2020-02-10T12:00:00+08:00", 3);
+    assert_eq!(summary.nowcast_beyond_data, Some((day("2020-01-01"), day("2020-02-10"))));
+    assert!(early.contains_key("CN/all/2020-02-10") && !early.contains_key("CN/all/2020-02-11"));
+    let (none, summary) = run("past-data-none", "2026-11-30T12:00:00+08:00", 0);
+    assert_eq!(summary.nowcast_beyond_data, None);
+    assert!(none.contains_key("CN/all/2019-12-31") && !none.keys().any(|k| k.contains("/2020-")));
 }
 
 /// The estimates of one uninterrupted run over the sample, in order (computed once).

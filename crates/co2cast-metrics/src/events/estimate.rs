@@ -17,6 +17,22 @@ impl EstimatesPublished<'_> {
     }
 }
 
+/// Grid intensity rows were published to their topic.
+pub struct GridIntensityPublished {
+    pub rows: u64,
+    /// Of `rows`, those that revise an earlier vintage.
+    pub revisions: u64,
+}
+
+impl GridIntensityPublished {
+    pub fn emit(self) {
+        tracing::debug!(message = "Grid intensity published.", rows = self.rows, revisions = self.revisions);
+        let m = metrics();
+        m.grid_intensity_published.inc_by(self.rows);
+        m.grid_intensity_revised.inc_by(self.revisions);
+    }
+}
+
 /// A flush re-estimated what changed and published it.
 pub struct FlushCompleted {
     pub reestimation: std::time::Duration,

@@ -36,6 +36,15 @@ impl YearMonth {
     pub fn prev(self) -> YearMonth {
         if self.month == 1 { YearMonth::new(self.year - 1, 12) } else { YearMonth::new(self.year, self.month - 1) }
     }
+    /// The month `n` months later (earlier when negative).
+    pub fn add_months(self, n: i32) -> YearMonth {
+        let i = self.year * 12 + self.month as i32 - 1 + n;
+        YearMonth { year: i.div_euclid(12), month: i.rem_euclid(12) as u32 + 1 }
+    }
+    /// The last day of the month.
+    pub fn last_day(self) -> NaiveDate {
+        NaiveDate::from_ymd_opt(self.year, self.month, self.days()).expect("valid month")
+    }
     /// `2019-02`.
     pub fn parse(s: &str) -> Option<YearMonth> {
         let t = s.trim();
