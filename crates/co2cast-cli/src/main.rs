@@ -1,6 +1,7 @@
 //! `co2cast`: streaming estimates of China's CO2 emissions by province and sector.
 
 mod backtest;
+mod broker;
 mod config;
 mod estimate;
 mod operations;
@@ -26,6 +27,9 @@ enum Command {
     Run(run::Args),
     /// Publish real data files as proxy messages, in release order.
     Replay(produce::ReplayArgs),
+    /// Host a development Kafka broker (librdkafka's mock cluster, co2cast's topics) for
+    /// multi-process runs on one machine.
+    Broker(broker::Args),
     /// Generate synthetic proxy streams for load tests.
     Simulate(produce::SimulateArgs),
     /// Calibrate on inventory year Y only, estimate year T from proxies, score against the inventory.
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Replay(args) => produce::replay(args),
+        Command::Broker(args) => broker::run(args),
         Command::Simulate(args) => produce::simulate(args),
         Command::Backtest(args) => backtest::run(args),
         Command::Query(args) => sql::query(args),

@@ -225,7 +225,7 @@ fn sigkill_at_seeded_random_moments_gives_the_estimates_of_an_uninterrupted_run(
     assert_eq!(c["received"], c["accepted"]);
     // The lake holds every row's latest vintage: all columns, every row.
     let killed_lake = latest_in_lake(&lake);
-    assert_eq!(killed_lake.len(), 19 * 730, "3 provinces × 6 sectors + national, 2018-2019");
+    assert_eq!(killed_lake.len(), 19 * (730 + 91), "3 provinces × 6 sectors + national, 2018-2019 and nowcasts to March 2020");
     assert_same(&straight_lake, &killed_lake);
     // The mock broker keeps a bounded log per partition and drops its oldest messages, so a
     // key published only early may be gone; a key still there ends at its newest revision,
@@ -375,10 +375,22 @@ fn kcat_produced_messages_become_estimates() {
     drop(cluster);
 }
 
+/// `co2cast broker` on a free port, and the address it listens on once it says so.
+fn start_broker() -> (KillOnDrop, String) {
+    use std::io::BufRead;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_co2cast")).args(["broker", "--listen", &addr]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with(&format!("broker listening on {addr}")), "{line}");
+    (KillOnDrop(child), addr)
+}
+
 #[test]
-fn replay_and_simulate_feed_the_processor() {
-    let cluster = co2cast_pipeline::embedded::start_cluster().unwrap();
-    let brokers = cluster.bootstrap_servers();
+fn replay_and_simulate_feed_the_processor_through_the_development_broker() {
+    // Four processes: the broker, two producers and the processor; kcat reads the result.
+    let (broker, brokers) = start_broker();
     let bin = env!("CARGO_BIN_EXE_co2cast");
     let sim = Command::new(bin)
         .args(["simulate", "--brokers", &brokers, "--rate", "20000", "--count", "3100", "--bad-fraction", "0.05", "--seed", "3", "--start", "2019-03-01T00:00:00+08:00"])
@@ -399,5 +411,8 @@ fn replay_and_simulate_feed_the_processor() {
     assert_eq!(c["received"].as_u64(), Some(c["accepted"].as_u64().unwrap() + c["dead_lettered"].as_u64().unwrap()));
     let dlq = c["dead_lettered_by_code"]["missing_timezone"].as_u64().unwrap();
     assert!((100..250).contains(&dlq), "{dlq} of 3100 at 5 %");
-    drop(cluster);
+    let rows = latest_with_kcat(&brokers);
+    assert_eq!(rows.len() as u64, c["estimates_published"].as_u64().unwrap() - c["estimate_revisions_published"].as_u64().unwrap());
+    assert!(rows.contains_key("CN/all/2019-12-31"), "{} rows", rows.len());
+    drop(broker);
 }

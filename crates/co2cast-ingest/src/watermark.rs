@@ -1,5 +1,7 @@
-//! Per-signal event-time watermarks with idle detection: a silent monthly series must not
-//! hold back hourly ones, and late data is flagged (for re-estimation), never dropped.
+//! Per-signal event-time watermarks. Each signal (and granularity) keeps its own, so a monthly
+//! release is not late against an hourly feed; late data is flagged (for re-estimation),
+//! never dropped. Estimates run to the furthest watermark rather than waiting for a combined
+//! one: a late value only revises the days it touches.
 
 use crate::message::Granularity;
 use chrono::{DateTime, Duration, Utc};
@@ -18,7 +20,6 @@ pub struct SignalWatermark {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Watermarks {
     pub allowed_lateness_s: i64,
-    pub idle_timeout_s: i64,
     /// Keyed `<signal>/<granularity>`: a monthly release of a signal is not late relative to
     /// the same signal's daily feed.
     pub signals: BTreeMap<String, SignalWatermark>,
@@ -38,8 +39,8 @@ pub enum Arrival {
 }
 
 impl Watermarks {
-    pub fn new(allowed_lateness: Duration, idle_timeout: Duration) -> Self {
-        Watermarks { allowed_lateness_s: allowed_lateness.num_seconds(), idle_timeout_s: idle_timeout.num_seconds(), signals: BTreeMap::new() }
+    pub fn new(allowed_lateness: Duration) -> Self {
+        Watermarks { allowed_lateness_s: allowed_lateness.num_seconds(), signals: BTreeMap::new() }
     }
 
     pub fn watermark(&self, stream: &str) -> Option<DateTime<Utc>> {
@@ -72,26 +73,6 @@ impl Watermarks {
             Arrival::OnTime
         }
     }
-
-    pub fn is_idle(&self, stream: &str, now: DateTime<Utc>) -> bool {
-        self.signals.get(stream).is_none_or(|w| (now - w.last_arrival).num_seconds() > self.idle_timeout_s)
-    }
-
-    /// The combined watermark: the minimum over signals that are not idle (the maximum of
-    /// all signals when every signal is idle). `None` before any message.
-    pub fn combined(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let active: Vec<DateTime<Utc>> = self
-            .signals
-            .keys()
-            .filter(|s| !self.is_idle(s, now))
-            .filter_map(|s| self.watermark(s))
-            .collect();
-        if active.is_empty() {
-            self.signals.keys().filter_map(|s| self.watermark(s)).max()
-        } else {
-            active.into_iter().min()
-        }
-    }
 }
 
 #[cfg(test)]
@@ -116,7 +97,7 @@ mod tests {
             lateness_s in 0i64..400_000,
             events in prop::collection::vec((0usize..3, 1_500_000_000i64..1_500_900_000), 1..60),
         ) {
-            let mut w = Watermarks::new(Duration::seconds(lateness_s), Duration::minutes(10));
+            let mut w = Watermarks::new(Duration::seconds(lateness_s));
             let mut seen = BTreeMap::new();
             let now = DateTime::from_timestamp(1_600_000_000, 0).unwrap();
             for (stream, s) in events {

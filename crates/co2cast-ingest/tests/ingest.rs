@@ -201,8 +201,8 @@ proptest! {
 }
 
 #[test]
-fn idle_signals_do_not_hold_back_the_watermark() {
-    let mut w = Watermarks::new(Duration::hours(2), Duration::minutes(10));
+fn each_signal_keeps_its_own_watermark() {
+    let mut w = Watermarks::new(Duration::hours(2));
     let t0 = now();
     // Period ends are whole seconds.
     let event = |h: i64| DateTime::from_timestamp(t0.timestamp(), 0).unwrap() - Duration::days(30) + Duration::hours(h);
@@ -213,9 +213,9 @@ fn idle_signals_do_not_hold_back_the_watermark() {
         w.observe(&power, event(h).timestamp(), t0 + Duration::minutes(h));
     }
     let later = t0 + Duration::minutes(48);
-    // Cement has been silent for 48 minutes: idle, so the combined watermark follows power.
-    assert!(w.is_idle(&cement, later));
-    assert_eq!(w.combined(later), Some(event(48) - Duration::hours(2)));
+    // A silent monthly series does not hold back the hourly one.
+    assert_eq!(w.watermark(&power), Some(event(48) - Duration::hours(2)));
+    assert_eq!(w.watermark(&cement), Some(event(0) - Duration::hours(2)));
     // A late power hour is flagged, not dropped.
     assert!(matches!(w.observe(&power, event(10).timestamp(), later), Arrival::Late { .. }));
     // A monthly release of the same signal is its own stream, not late.

@@ -106,7 +106,7 @@ impl Manifest {
             return Err(LakeError::Format {
                 path: mp,
                 msg: format!(
-                    "lake format {} (this co2cast reads format {MANIFEST_VERSION}: canonical partition values such as month=7, a comparison table with a `reference` column, and estimates with a `data_through` column); move the lake away or pass another --lake, and `co2cast run` writes a new one",
+                    "lake format {} (this co2cast reads format {MANIFEST_VERSION}: canonical partition values such as month=7, a comparison table with a `reference` column, estimates with a `data_through` column, and proxies with `proxy_revision`); move the lake away or pass another --lake, and `co2cast run` writes a new one",
                     m.version
                 ),
             });

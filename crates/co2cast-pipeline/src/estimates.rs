@@ -24,7 +24,9 @@ use arrow::array::{ArrayRef, Date32Builder, Float64Builder, Int32Builder, Record
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use chrono::{DateTime, NaiveDate, Utc};
 use co2cast_model::estimate::{Band, DailyEstimate, MODEL_VERSION, SourceType};
+use co2cast_model::proxy::Scope;
 use co2cast_model::series::YearMonth;
+use co2cast_model::Sector;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,6 +43,40 @@ pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     }
     h
 }
+
+/// A published estimate row's identity, `<scope>/<sector>/<date>` (`CN/all/<date>` for the
+/// national total): the Kafka key of `co2cast.estimates.daily` and of the revision ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RowKey {
+    pub scope: Scope,
+    /// `None`: every sector (`all`).
+    pub sector: Option<Sector>,
+    pub date: NaiveDate,
+}
+
+impl std::fmt::Display for RowKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.scope, self.sector.map_or(ALL_SECTORS, |s| s.as_str()), self.date)
+    }
+}
+
+impl std::str::FromStr for RowKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.split('/');
+        let (Some(scope), Some(sector), Some(date), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(format!("row key `{s}` is not <province>/<sector>/<date>"));
+        };
+        Ok(RowKey {
+            scope: scope.parse()?,
+            sector: if sector == ALL_SECTORS { None } else { Some(sector.parse().map_err(|e: co2cast_model::domain::UnknownSector| e.to_string())?) },
+            date: NaiveDate::parse_from_str(date, "%Y-%m-%d").map_err(|e| format!("row key `{s}`: date `{date}`: {e}"))?,
+        })
+    }
+}
+
+/// The sector of national rows.
+pub const ALL_SECTORS: &str = "all";
 
 /// One published row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,8 +127,8 @@ impl EstimateRow {
     pub fn national(date: NaiveDate, band: &Band, source_type: SourceType, coverage: f64, data_through: Option<YearMonth>, base_year: i32) -> EstimateRow {
         EstimateRow {
             date,
-            province: "CN".into(),
-            sector: "all".into(),
+            province: Scope::National.to_string(),
+            sector: ALL_SECTORS.into(),
             value_mtco2: band.central,
             p2_5: band.p2_5,
             p5: band.p5,
@@ -109,6 +145,7 @@ impl EstimateRow {
         }
     }
 
+    /// The row's [`RowKey`], as text.
     pub fn key(&self) -> String {
         format!("{}/{}/{}", self.province, self.sector, self.date)
     }
@@ -209,12 +246,13 @@ pub fn date32(d: NaiveDate) -> i32 {
     (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid")).num_days() as i32
 }
 
-/// One JSON object per row of the batch, in row order. Errors are arrow's (an unsupported
-/// type or time zone).
+/// One JSON object per row of the batch, in row order, every column present (nulls as
+/// `null`, so a consumer sees the same keys in every message). Errors are arrow's (an
+/// unsupported type or time zone).
 pub fn batch_to_json_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>, arrow::error::ArrowError> {
     let mut buf = Vec::new();
     {
-        let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
+        let mut w = arrow::json::WriterBuilder::new().with_explicit_nulls(true).build::<_, arrow::json::writer::LineDelimited>(&mut buf);
         w.write(batch)?;
         w.finish()?;
     }
@@ -275,5 +313,29 @@ impl Published {
             out.push(r);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use co2cast_model::Province;
+
+    #[test]
+    fn a_row_key_reads_back_what_it_writes_and_refuses_what_is_not_one() {
+        let d = NaiveDate::from_ymd_opt(2024, 2, 29).unwrap();
+        for k in [
+            RowKey { scope: Scope::Province(Province::ALL[18]), sector: Some(Sector::Power), date: d },
+            RowKey { scope: Scope::National, sector: None, date: d },
+        ] {
+            assert_eq!(k.to_string().parse::<RowKey>(), Ok(k));
+        }
+        assert_eq!(RowKey { scope: Scope::National, sector: None, date: d }.to_string(), "CN/all/2024-02-29");
+        let band = Band { central: 1.0, p2_5: 0.9, p5: 0.92, p50: 1.0, p95: 1.08, p97_5: 1.1 };
+        let national = EstimateRow::national(d, &band, SourceType::Proxy, 1.0, None, 2019);
+        assert_eq!(national.key().parse::<RowKey>().unwrap(), RowKey { scope: Scope::National, sector: None, date: d });
+        for bad in ["CN-GD/power", "CN-GD/power/2024-02-30", "XX/power/2024-01-01", "CN-GD/steel/2024-01-01", "CN/all/2024-01-01/x"] {
+            assert!(bad.parse::<RowKey>().is_err(), "{bad}");
+        }
     }
 }

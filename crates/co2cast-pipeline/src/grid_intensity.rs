@@ -279,7 +279,7 @@ mod tests {
         let batch = to_batch(&[r.clone()], Utc::now());
         assert_eq!(batch.num_columns(), schema().fields().len());
         let json = String::from_utf8(crate::estimates::batch_to_json_lines(&batch).unwrap().remove(0)).unwrap();
-        assert!(json.contains("\"hydro_gwh\":100.0") && !json.contains("wind_gwh"), "{json}");
+        assert!(json.contains("\"hydro_gwh\":100.0") && json.contains("\"wind_gwh\":null"), "{json}");
         let changed = [
             GridIntensityRow { wind_gwh: Some(0.5), ..r.clone() },
             GridIntensityRow { generation_sources: "thermal".into(), ..r.clone() },

@@ -15,6 +15,7 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use co2cast_ingest::ValidProxy;
 use co2cast_lake::{Lake, LakeError, tables};
 use co2cast_model::domain::{Province, Sector};
+use co2cast_model::proxy::Scope;
 use co2cast_model::estimate::{Band, RowEnsemble, SourceType};
 use co2cast_model::inventory::InventoryPanel;
 use std::collections::BTreeMap;
@@ -139,7 +140,7 @@ impl LakeSink {
         for r in rows {
             let k = self.ensemble_members.unwrap_or(r.members.len()).min(r.members.len());
             for (i, day) in r.days.iter().enumerate().filter(|(_, d)| d.year() == year && d.month() == month) {
-                let key = format!("{}/{}/{}", r.province.iso_code(), r.sector.as_str(), day);
+                let key = crate::estimates::RowKey { scope: Scope::Province(r.province), sector: Some(r.sector), date: *day }.to_string();
                 let revision = revision_of(&key);
                 for (mi, member) in r.members.iter().take(k).enumerate() {
                     d.append_value(date32(*day));
@@ -246,7 +247,8 @@ impl LakeSink {
                 field("unit", DataType::Utf8),
                 field("ytd", DataType::Boolean),
                 field("source", DataType::Utf8),
-                field("revision", DataType::UInt32),
+                // The producer's revision of the value, not an estimate's revision.
+                field("proxy_revision", DataType::UInt32),
                 field("topic", DataType::Utf8),
                 field("partition", DataType::Int32),
                 field("offset", DataType::Int64),

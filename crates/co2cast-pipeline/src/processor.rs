@@ -58,7 +58,6 @@ pub struct ProcessorConfig {
     /// How long input must be quiet before the processor counts as idle.
     pub idle_after_ms: u64,
     pub allowed_lateness_s: i64,
-    pub signal_idle_timeout_s: i64,
     pub future_tolerance_s: i64,
     pub ensemble_members: usize,
     pub ensemble_seed: u64,
@@ -161,7 +160,6 @@ impl Default for ProcessorConfig {
             heartbeat_interval_ms: 1_000,
             idle_after_ms: 1_500,
             allowed_lateness_s: 3 * 86_400,
-            signal_idle_timeout_s: 60,
             future_tolerance_s: 3_600,
             ensemble_members: 200,
             ensemble_seed: 20_190_101,
@@ -424,7 +422,7 @@ impl YearCache {
 impl Processor {
     pub fn new(cfg: ProcessorConfig, history: Dataset) -> Result<Processor, PipelineError> {
         cfg.validate().map_err(PipelineError::Config)?;
-        let watermarks = Watermarks::new(Duration::seconds(cfg.allowed_lateness_s), Duration::seconds(cfg.signal_idle_timeout_s));
+        let watermarks = Watermarks::new(Duration::seconds(cfg.allowed_lateness_s));
         let model = load_model_config(cfg.model_config.as_deref())?;
         // A state estimated with other model settings is not resumed with these.
         let model_json = serde_json::to_string(&model).map_err(|e| PipelineError::Internal(format!("model settings: {e}")))?;

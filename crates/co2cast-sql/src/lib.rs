@@ -197,7 +197,7 @@ impl std::fmt::Debug for EstimatesAsOf {
     }
 }
 
-pub const AS_OF_COLUMNS: &str = "date, province, sector, value_mtco2, p2_5, p5, p50, p95, p97_5, source_type, coverage, proxies, base_year, model_version, revision, computed_at";
+pub const AS_OF_COLUMNS: &str = "date, province, sector, value_mtco2, p2_5, p5, p50, p95, p97_5, source_type, coverage, proxies, data_through, base_year, model_version, revision, computed_at";
 
 impl TableFunctionImpl for EstimatesAsOf {
     fn call_with_args(&self, args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
