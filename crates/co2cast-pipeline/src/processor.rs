@@ -271,6 +271,9 @@ pub struct Processor {
     cache: BTreeMap<i32, YearCache>,
     since_flush: u64,
     oldest_unflushed: Option<Instant>,
+    /// A flush under a backlog left years past the data (nowcasts only) owed in `dirty`:
+    /// the next quiet moment estimates them.
+    nowcast_deferred: bool,
     last_flush_cost: std::time::Duration,
     /// Messages were taken from Kafka but not handled: positions must go back to the checkpoint.
     resync: bool,
@@ -528,6 +531,7 @@ impl Processor {
             cache: BTreeMap::new(),
             since_flush: 0,
             oldest_unflushed: None,
+            nowcast_deferred: false,
             last_flush_cost: std::time::Duration::ZERO,
             resync: false,
             flush_started_at: Utc::now(),
@@ -881,11 +885,12 @@ impl Processor {
             // A flush costs a re-estimation; under a backlog, space flushes so that they take
             // at most a fifth of the time.
             let max_delay = ms(self.cfg.max_flush_delay_ms).max(self.last_flush_cost * 4);
+            let is_quiet = quiet >= ms(self.cfg.flush_linger_ms);
             let due = self.since_flush >= self.cfg.checkpoint_every_messages
-                || (self.since_flush > 0 && quiet >= ms(self.cfg.flush_linger_ms))
+                || (is_quiet && (self.since_flush > 0 || self.nowcast_deferred))
                 || self.oldest_unflushed.is_some_and(|t| t.elapsed() >= max_delay);
             if due {
-                self.flush()?;
+                self.flush_with(!is_quiet)?;
                 on_progress(&self.ckpt.counters);
             }
             if exit_when_idle && quiet >= ms(self.cfg.idle_after_ms) {
@@ -954,7 +959,7 @@ impl Processor {
                 if let Some((start, next)) = run.take() {
                     self.record_offset(&batch.entries[start], next);
                 }
-                self.flush()?;
+                self.flush_with(true)?;
                 on_progress(&self.ckpt.counters);
                 if stop.load(Ordering::Relaxed) {
                     return Ok(false);
@@ -1163,6 +1168,13 @@ impl Processor {
     /// A member holding only some of the partitions has part of the inputs: it checkpoints
     /// but holds estimates back until it owns every partition.
     pub fn flush(&mut self) -> Result<(), PipelineError> {
+        self.flush_with(false)
+    }
+
+    /// A flush; `under_backlog` (more input waiting) leaves years past the latest data owed,
+    /// because every message still arriving re-marks them: they are estimated at the next
+    /// quiet flush, and in the meantime the checkpoint keeps them owed.
+    fn flush_with(&mut self, under_backlog: bool) -> Result<(), PipelineError> {
         let started = Instant::now();
         self.flush_started_at = Utc::now();
         self.emit_family_counts();
@@ -1173,13 +1185,21 @@ impl Processor {
                 let live = self.ckpt.state.to_panel();
                 self.mark_frontier_moves(&live);
                 let dirty = std::mem::take(&mut self.ckpt.dirty);
+                let data_year = self.latest_event_year();
+                self.nowcast_deferred = false;
                 for (year, d) in dirty {
+                    if under_backlog && data_year.is_some_and(|y| year > y) {
+                        self.ckpt.dirty.insert(year, d);
+                        self.nowcast_deferred = true;
+                        continue;
+                    }
                     rows += self.estimate_year(year, &d, &live)?;
                     years += 1;
                 }
                 self.update_coverage(&live);
             }
         } else if !self.ckpt.dirty.is_empty() {
+            self.nowcast_deferred = false;
             tracing::debug!(message = "Estimates held back: this member holds only some partitions.", assigned = self.assigned_partitions());
         }
         self.deliver()?;
