@@ -170,7 +170,8 @@ pub fn query(a: QueryArgs) -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             OutputFormat::Json => {
-                let mut w = arrow::json::LineDelimitedWriter::new(&mut out);
+                // Every column in every line, as in the Kafka messages (nulls as `null`).
+                let mut w = arrow::json::WriterBuilder::new().with_explicit_nulls(true).build::<_, arrow::json::writer::LineDelimited>(&mut out);
                 for b in &batches {
                     w.write(b)?;
                 }

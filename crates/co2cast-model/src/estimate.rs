@@ -78,8 +78,7 @@ pub struct DailyEstimate {
     /// Share of expected proxy inputs present, weighted by base-year emissions (0–1).
     pub coverage: f64,
     pub proxies: Vec<Signal>,
-    /// The latest month of monthly proxy data the row rests on: its own month when
-    /// observed, earlier for a nowcast; `None` when no monthly signal drives the row.
+    /// The month of proxy data behind at least half of the row's CO2 (see [`MonthInfo`]).
     pub data_through: Option<YearMonth>,
     pub base_year: i32,
     pub model_version: String,
@@ -94,7 +93,8 @@ pub struct MonthInfo {
     /// Months beyond the last published proxy month (0 when observed).
     pub nowcast_months: u32,
     pub proxies: Vec<Signal>,
-    /// The latest month of monthly proxy data behind the month (`month - nowcast_months`);
+    /// The month of monthly proxy data behind at least half of the row's CO2 in the month
+    /// (its components weighted by their CO2; the month itself when all are observed);
     /// `None` when no monthly signal drives the row.
     pub data_through: Option<YearMonth>,
 }
@@ -348,6 +348,8 @@ impl<'a> Estimator<'a> {
         let mut missing = false;
         let mut proxy_driven = 0;
         let mut proxies_used: Vec<Signal> = Vec::new();
+        // (month of data, CO2) per component a monthly driver moves.
+        let mut data_months: Vec<(YearMonth, f64)> = Vec::new();
         let month_days: Vec<NaiveDate> = days_of_month(m.year, m.month).collect();
         let calendar: Vec<f64> = month_days.iter().map(|d| self.day_factors.factor_in(s, self.calendar, p, *d)).collect();
         let mut total = 0.0;
@@ -360,6 +362,7 @@ impl<'a> Estimator<'a> {
             base_weight += w;
             if cm.has_monthly_driver {
                 proxy_driven += 1;
+                data_months.push((m.add_months(-(cm.nowcast_months as i32)), cm.value));
                 if cm.observed {
                     observed_weight += w;
                 } else {
@@ -391,7 +394,7 @@ impl<'a> Estimator<'a> {
         // The indicator: the shape of the components' days (daily proxies where they
         // exist, calendar factors elsewhere), relative to the month's mean.
         let indicator: Vec<f64> = if total > 0.0 { shaped.iter().map(|v| v / total * shaped.len() as f64).collect() } else { calendar };
-        let data_through = (proxy_driven > 0).then(|| m.add_months(-(ahead as i32)));
+        let data_through = month_behind_half(&mut data_months);
         Some((total, indicator, MonthInfo { month: m, source_type, coverage, nowcast_months: ahead, proxies: proxies_used, data_through }))
     }
 
@@ -472,6 +475,23 @@ pub fn base_year_for(year: i32, inventory_years: &[i32]) -> Option<i32> {
 /// gap/nowcast status of earlier months: see [`ProxyPanel::last_months`].)
 pub fn years_reading(year: i32, inventory_years: &[i32], last_year: i32) -> Vec<i32> {
     (year - 1..=last_year.max(year + 2)).filter(|y| *y <= year + 2 || base_year_for(*y, inventory_years) == Some(year)).collect()
+}
+
+/// The latest month such that the items resting on data of that month or later carry at
+/// least half of the total weight (a weighted median, read from the newest month down);
+/// `None` without items. A small component whose series ended years ago does not date a
+/// row that its main drivers keep current, nor one province a national day.
+pub fn month_behind_half(items: &mut [(YearMonth, f64)]) -> Option<YearMonth> {
+    items.sort_by(|a, b| b.0.cmp(&a.0));
+    let total: f64 = items.iter().map(|(_, w)| w.max(0.0)).sum();
+    let mut acc = 0.0;
+    for (m, w) in items.iter() {
+        acc += w.max(0.0);
+        if acc >= 0.5 * total {
+            return Some(*m);
+        }
+    }
+    items.last().map(|(m, _)| *m)
 }
 
 fn months_between(a: YearMonth, b: YearMonth) -> u32 {

@@ -14,7 +14,7 @@
 //! | source_type | Utf8 | proxy, gap_filled, nowcast |
 //! | coverage | Float64 | share of expected proxy inputs present (0–1) |
 //! | proxies | Utf8 | `;`-separated signals used |
-//! | data_through | Utf8, nullable | `YYYY-MM`: latest month of proxy data behind the row (the row's month when observed, earlier for a nowcast; national rows: the earliest of their provinces); null when no monthly signal drives the row |
+//! | data_through | Utf8, nullable | `YYYY-MM`: the month of proxy data behind at least half of the row's CO2 (the row's own month when observed, earlier for a nowcast; components, and for national rows province rows, weighted by CO2); null when no monthly signal drives the row |
 //! | base_year | Int32 | inventory year the estimate is calibrated on |
 //! | model_version | Utf8 | estimator version |
 //! | revision | UInt32 | 0 for the first publication, +1 for each change |
@@ -123,7 +123,7 @@ impl EstimateRow {
         }
     }
 
-    /// The national row of a day; `data_through` is the earliest among its provinces' rows.
+    /// The national row of a day; `data_through` is the month behind at least half of its CO2.
     pub fn national(date: NaiveDate, band: &Band, source_type: SourceType, coverage: f64, data_through: Option<YearMonth>, base_year: i32) -> EstimateRow {
         EstimateRow {
             date,

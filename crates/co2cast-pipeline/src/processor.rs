@@ -346,8 +346,8 @@ struct ProvinceYear {
     /// Σ coverage·value and source type per day, for the national rows.
     coverage_weighted: Vec<f64>,
     source: Vec<SourceType>,
-    /// The earliest `data_through` of the day's rows (those a monthly signal drives).
-    data_through: Vec<Option<YearMonth>>,
+    /// Per day, each row's `data_through` and central CO2 (rows a monthly signal drives).
+    data_months: Vec<Vec<(YearMonth, f64)>>,
     /// Per sector: central and member sums over the days estimated (for the comparison).
     sector_totals: Vec<(Sector, f64, Vec<f64>)>,
     /// Power CO2 split into heat and electricity, with generation (grid intensity).
@@ -1302,7 +1302,7 @@ impl Processor {
                 members: vec![vec![0.0; ndays]; settings.members],
                 coverage_weighted: vec![0.0; ndays],
                 source: vec![SourceType::Proxy; ndays],
-                data_through: vec![None; ndays],
+                data_months: vec![Vec::new(); ndays],
                 sector_totals: Vec::new(),
                 intensity: rows.iter().find(|r| r.sector == Sector::Power).map(|r| {
                     let generation = co2cast_model::grid_intensity::daily_generation(&panel, p, &r.days[..ndays], &r.central[..ndays]);
@@ -1316,7 +1316,9 @@ impl Processor {
                 for (i, d) in r.daily_estimates(last_inv).into_iter().enumerate().take(ndays) {
                     py.central[i] += d.value_mtco2;
                     py.source[i] = py.source[i].max(d.source_type);
-                    py.data_through[i] = earliest(py.data_through[i], d.data_through);
+                    if let Some(m) = d.data_through {
+                        py.data_months[i].push((m, d.value_mtco2));
+                    }
                     py.coverage_weighted[i] += d.coverage * d.value_mtco2;
                     py.rows.push(EstimateRow::from_daily(&d));
                 }
@@ -1340,13 +1342,13 @@ impl Processor {
         let mut members = vec![vec![0.0; ndays]; settings.members];
         let mut cov = vec![0.0; ndays];
         let mut source = vec![SourceType::Proxy; ndays];
-        let mut through_month = vec![None; ndays];
+        let mut data_months: Vec<Vec<(YearMonth, f64)>> = vec![Vec::new(); ndays];
         for py in cache.provinces.values() {
             for i in 0..ndays {
                 central[i] += py.central[i];
                 cov[i] += py.coverage_weighted[i];
                 source[i] = source[i].max(py.source[i]);
-                through_month[i] = earliest(through_month[i], py.data_through[i]);
+                data_months[i].extend_from_slice(&py.data_months[i]);
             }
             for (acc, m) in members.iter_mut().zip(&py.members) {
                 for (x, y) in acc.iter_mut().zip(m) {
@@ -1357,7 +1359,8 @@ impl Processor {
         for (i, d) in cache.days.iter().enumerate() {
             let col: Vec<f64> = members.iter().map(|m| m[i]).collect();
             let c = if central[i] > 0.0 { cov[i] / central[i] } else { 0.0 };
-            out.push(EstimateRow::national(*d, &Band::from_members(central[i], &col), source[i], c, through_month[i], last_inv));
+            let through_month = co2cast_model::estimate::month_behind_half(&mut data_months[i]);
+            out.push(EstimateRow::national(*d, &Band::from_members(central[i], &col), source[i], c, through_month, last_inv));
         }
         let grid = grid_rows(cache, last_inv);
         let annual_members: Vec<f64> = members.iter().map(|m| m.iter().sum()).collect();
@@ -1455,14 +1458,6 @@ impl Processor {
             self.send(rec)?;
         }
         Ok(keys.len() as u64)
-    }
-}
-
-/// The earlier of two months, a missing one counting as no constraint.
-fn earliest(a: Option<YearMonth>, b: Option<YearMonth>) -> Option<YearMonth> {
-    match (a, b) {
-        (Some(x), Some(y)) => Some(x.min(y)),
-        (x, y) => x.or(y),
     }
 }
 
@@ -1685,7 +1680,7 @@ mod tests {
                     members: Vec::new(),
                     coverage_weighted: Vec::new(),
                     source: Vec::new(),
-                    data_through: Vec::new(),
+                    data_months: Vec::new(),
                     sector_totals: vec![(Sector::Power, 100.0, band_members(100.0)), (Sector::Industry, 50.0, band_members(50.0))],
                     intensity: None,
                     grid: Vec::new(),
