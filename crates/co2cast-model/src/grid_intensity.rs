@@ -173,6 +173,7 @@ pub fn daily_generation(panel: &ProxyPanel, p: Province, days: &[NaiveDate], pow
 #[derive(Debug, Clone)]
 pub struct IntensityPath {
     pub province: Province,
+    pub basis: PowerBasis,
     pub days: Vec<NaiveDate>,
     pub generation: Vec<Option<GenerationMix>>,
     /// The province's central heat share of power-sector CO2.
@@ -203,12 +204,90 @@ pub fn allocate(power: &RowEnsemble, heat_share: f64, multipliers: &[f64], gener
         .collect();
     IntensityPath {
         province: power.province,
+        basis: PowerBasis::Estimate,
         days: power.days[..n].to_vec(),
         heat_share,
         power_central: power.central[..n].to_vec(),
         electricity_central: power.central[..n].iter().enumerate().map(|(d, v)| share(*v, 1.0) * scale[d]).collect(),
         electricity_members: power.members.iter().zip(multipliers).map(|(m, k)| m[..n].iter().enumerate().map(|(d, v)| share(*v, *k) * scale[d]).collect()).collect(),
         generation,
+    }
+}
+
+/// Where a province's power CO2 comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PowerBasis {
+    /// The power sector's estimate (calibrated on the province's inventory).
+    Estimate,
+    /// No inventory (Tibet): thermal generation times the thermal factor of the provinces that
+    /// have one (the parent zone's value, as Electricity Maps falls back from zone to parent).
+    NationalThermalFactor,
+    /// A sum of provinces of both kinds.
+    Mixed,
+}
+
+impl PowerBasis {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PowerBasis::Estimate => "estimate",
+            PowerBasis::NationalThermalFactor => "national_thermal_factor",
+            PowerBasis::Mixed => "mixed",
+        }
+    }
+    /// The basis of a sum of two.
+    pub fn with(self, other: PowerBasis) -> PowerBasis {
+        if self == other { self } else { PowerBasis::Mixed }
+    }
+}
+
+/// Power-sector CO2 per GWh of thermal generation over the provinces with an estimate: their
+/// pooled ratio, and the spread (log sd) of the provincial ratios around it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ThermalFactor {
+    pub mtco2_per_gwh: f64,
+    pub log_sd: f64,
+}
+
+impl ThermalFactor {
+    /// From (power MtCO2, thermal GWh) of each province over the same days; `None` with fewer
+    /// than three provinces.
+    pub fn from_provinces(pairs: &[(f64, f64)]) -> Option<ThermalFactor> {
+        let usable: Vec<(f64, f64)> = pairs.iter().copied().filter(|(c, t)| *c > 0.0 && *t > 0.0).collect();
+        if usable.len() < 3 {
+            return None;
+        }
+        let (c, t): (f64, f64) = usable.iter().fold((0.0, 0.0), |a, (c, t)| (a.0 + c, a.1 + t));
+        let pooled = c / t;
+        let logs: Vec<f64> = usable.iter().map(|(c, t)| (c / t / pooled).ln()).collect();
+        let mean = logs.iter().sum::<f64>() / logs.len() as f64;
+        let var = logs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (logs.len() - 1) as f64;
+        Some(ThermalFactor { mtco2_per_gwh: pooled, log_sd: var.sqrt() })
+    }
+
+    /// The intensity path of a province without a power estimate: power CO2 is its thermal
+    /// generation times the factor; each member draws the province's factor once (the spread
+    /// of the provinces' factors), and shares the heat multiplier of every other province.
+    pub fn path(&self, province: Province, days: &[NaiveDate], generation: Vec<Option<GenerationMix>>, heat_share: f64, heat_multipliers: &[f64], seed: u64, allocation: &HeatAllocation) -> IntensityPath {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5448_4552_4d41_4c46 ^ u64::from(province.nbs_code()));
+        let n = Normal::standard();
+        let power: Vec<f64> = generation.iter().map(|g| g.map_or(0.0, |g| g.thermal_gwh * self.mtco2_per_gwh)).collect();
+        let share = |m: f64| 1.0 - (heat_share * m).clamp(0.0, allocation.max_share);
+        IntensityPath {
+            province,
+            basis: PowerBasis::NationalThermalFactor,
+            days: days.to_vec(),
+            heat_share,
+            electricity_central: power.iter().map(|v| v * share(1.0)).collect(),
+            electricity_members: heat_multipliers
+                .iter()
+                .map(|k| {
+                    let f = (self.log_sd * n.sample(&mut rng)).exp();
+                    power.iter().map(|v| v * f * share(*k)).collect()
+                })
+                .collect(),
+            power_central: power,
+            generation,
+        }
     }
 }
 
@@ -221,6 +300,8 @@ pub struct IntensitySum {
     pub electricity_members_mtco2: Vec<f64>,
     pub generation_gwh: f64,
     pub thermal_gwh: f64,
+    /// Where the power CO2 of the days summed comes from (`None`: nothing summed).
+    pub basis: Option<PowerBasis>,
 }
 
 impl IntensitySum {
@@ -235,6 +316,7 @@ impl IntensitySum {
         }
         self.generation_gwh += g.total_gwh();
         self.thermal_gwh += g.thermal_gwh;
+        self.basis = Some(self.basis.map_or(path.basis, |b| b.with(path.basis)));
     }
 
     pub fn add(&mut self, other: &IntensitySum) {
@@ -246,6 +328,9 @@ impl IntensitySum {
         }
         self.generation_gwh += other.generation_gwh;
         self.thermal_gwh += other.thermal_gwh;
+        if let Some(o) = other.basis {
+            self.basis = Some(self.basis.map_or(o, |b| b.with(o)));
+        }
     }
 
     /// Intensity of each member, gCO2/kWh.
@@ -388,5 +473,36 @@ mod tests {
                 prop_assert!((i * month.generation_gwh / GCO2_PER_KWH_PER_MT_PER_GWH - e).abs() <= 1e-9 * e);
             }
         }
+    }
+
+    #[test]
+    fn a_province_without_an_inventory_takes_the_thermal_factor_of_the_others() {
+        // Three provinces at 0.8, 1.0 and 1.25 kt per GWh of thermal: pooled 1.0 kt/GWh.
+        let f = ThermalFactor::from_provinces(&[(0.8, 1000.0), (1.0, 1000.0), (1.25, 1000.0), (0.0, 50.0)]).unwrap();
+        assert!((f.mtco2_per_gwh - 3.05 / 3000.0).abs() < 1e-12);
+        assert!(f.log_sd > 0.15 && f.log_sd < 0.3, "{}", f.log_sd);
+        assert!(ThermalFactor::from_provinces(&[(1.0, 1000.0), (1.0, 1000.0)]).is_none(), "two provinces are no parent zone");
+        let days: Vec<NaiveDate> = (1..=3).map(|d| NaiveDate::from_ymd_opt(2022, 1, d).unwrap()).collect();
+        let g = |t: f64| Some(GenerationMix { thermal_gwh: t, hydro_gwh: Some(20.0), wind_gwh: None, solar_gwh: Some(5.0), nuclear_gwh: None, carried_forward: 0 });
+        let multipliers = CHP_HEAT.member_multipliers(7, 400);
+        let path = f.path(Province::Tibet, &days, vec![g(2.0), None, g(4.0)], 0.05, &multipliers, 7, &CHP_HEAT);
+        assert_eq!(path.basis, PowerBasis::NationalThermalFactor);
+        assert!((path.power_central[0] - 2.0 * f.mtco2_per_gwh).abs() < 1e-15 && path.power_central[1] == 0.0);
+        assert!((path.electricity_central[2] - 4.0 * f.mtco2_per_gwh * 0.95).abs() < 1e-15);
+        // The band spreads as the provinces' factors do, around the central value.
+        let mut sum = IntensitySum::default();
+        for d in 0..days.len() {
+            sum.add_day(&path, d);
+        }
+        let band = sum.band().unwrap();
+        assert_eq!(sum.basis, Some(PowerBasis::NationalThermalFactor));
+        assert!(band.p2_5 < band.central && band.central < band.p97_5, "{band:?}");
+        let spread = (band.p97_5 / band.p2_5).ln() / (2.0 * 1.96);
+        assert!((spread - f.log_sd).abs() < 0.3 * f.log_sd, "{spread} vs {}", f.log_sd);
+        // Summed with a province that has an estimate: mixed.
+        let mut other = IntensitySum::default();
+        other.add(&sum);
+        other.add(&IntensitySum { basis: Some(PowerBasis::Estimate), ..IntensitySum::default() });
+        assert_eq!(other.basis, Some(PowerBasis::Mixed));
     }
 }

@@ -17,6 +17,7 @@
 //! | electricity_mtco2 | Float64 | CO2 attributed to electricity (central), MtCO2/day |
 //! | intensity_gco2_per_kwh | Float64 | electricity CO2 over generation (central) |
 //! | p2_5, p50, p97_5 | Float64 | ensemble percentiles of the intensity, gCO2/kWh |
+//! | power_basis | Utf8 | where power CO2 comes from: `estimate` (the power sector's), `national_thermal_factor` (a province without an inventory, Tibet: thermal generation × the other provinces' CO2 per kWh of thermal), `mixed` (a national sum of both) |
 //! | provinces | Int32 | provinces in the row (1, or those summed for `CN`) |
 //! | base_year | Int32 | inventory year of the calibration |
 //! | model_version | Utf8 | estimator version |
@@ -45,6 +46,8 @@ pub struct GridIntensityRow {
     pub nuclear_gwh: Option<f64>,
     pub generation_sources: String,
     pub power_mtco2: f64,
+    /// `estimate`, `national_thermal_factor` (no inventory: Tibet) or `mixed` (national sums).
+    pub power_basis: String,
     pub heat_share: f64,
     pub electricity_mtco2: f64,
     pub intensity_gco2_per_kwh: f64,
@@ -73,6 +76,7 @@ impl GridIntensityRow {
             nuclear_gwh: mix.nuclear_gwh,
             generation_sources: mix.sources(),
             power_mtco2: sum.power_mtco2,
+            power_basis: sum.basis.unwrap_or(co2cast_model::grid_intensity::PowerBasis::Estimate).as_str().to_string(),
             heat_share: if sum.power_mtco2 > 0.0 { 1.0 - sum.electricity_mtco2 / sum.power_mtco2 } else { 0.0 },
             electricity_mtco2: sum.electricity_mtco2,
             intensity_gco2_per_kwh: band.central,
@@ -95,7 +99,7 @@ impl Revisioned for GridIntensityRow {
     fn fingerprint(&self) -> Fingerprint {
         let q = |x: f64| (x * 1.0e6).round() as i64;
         let o = |x: Option<f64>| x.map_or(-1, q);
-        let text = format!("{}\0{}\0{}\0{}", self.generation_sources, self.model_version, self.provinces, self.base_year);
+        let text = format!("{}\0{}\0{}\0{}\0{}", self.generation_sources, self.model_version, self.provinces, self.base_year, self.power_basis);
         [
             q(self.generation_gwh),
             q(self.thermal_gwh),
@@ -139,6 +143,7 @@ pub fn schema() -> Arc<Schema> {
         f("p2_5", DataType::Float64),
         f("p50", DataType::Float64),
         f("p97_5", DataType::Float64),
+        f("power_basis", DataType::Utf8),
         f("provinces", DataType::Int32),
         f("base_year", DataType::Int32),
         f("model_version", DataType::Utf8),
@@ -150,7 +155,7 @@ pub fn schema() -> Arc<Schema> {
 /// Rows as one batch, every row computed at `computed_at`.
 pub fn to_batch(rows: &[GridIntensityRow], computed_at: DateTime<Utc>) -> RecordBatch {
     let mut date = Date32Builder::new();
-    let (mut province, mut sources, mut version) = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
+    let (mut province, mut sources, mut version, mut basis) = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
     let mut num: Vec<Float64Builder> = (0..13).map(|_| Float64Builder::new()).collect();
     let (mut provinces, mut base, mut rev) = (Int32Builder::new(), Int32Builder::new(), UInt32Builder::new());
     for r in rows {
@@ -175,6 +180,7 @@ pub fn to_batch(rows: &[GridIntensityRow], computed_at: DateTime<Utc>) -> Record
             b.append_option(v);
         }
         sources.append_value(&r.generation_sources);
+        basis.append_value(&r.power_basis);
         provinces.append_value(r.provinces);
         base.append_value(r.base_year);
         version.append_value(&r.model_version);
@@ -186,6 +192,7 @@ pub fn to_batch(rows: &[GridIntensityRow], computed_at: DateTime<Utc>) -> Record
     cols.extend(take(6));
     cols.push(Arc::new(sources.finish()));
     cols.extend(take(7));
+    cols.push(Arc::new(basis.finish()));
     cols.push(Arc::new(provinces.finish()));
     cols.push(Arc::new(base.finish()));
     cols.push(Arc::new(version.finish()));
@@ -265,7 +272,7 @@ mod tests {
     use co2cast_model::grid_intensity::GenerationMix;
 
     fn row() -> GridIntensityRow {
-        let sum = IntensitySum { power_mtco2: 1.0, electricity_mtco2: 0.9, electricity_members_mtco2: vec![0.85, 0.9, 0.95], generation_gwh: 1500.0, thermal_gwh: 1400.0 };
+        let sum = IntensitySum { power_mtco2: 1.0, electricity_mtco2: 0.9, electricity_members_mtco2: vec![0.85, 0.9, 0.95], generation_gwh: 1500.0, thermal_gwh: 1400.0, basis: Some(co2cast_model::grid_intensity::PowerBasis::Estimate) };
         let mix = GenerationMix { thermal_gwh: 1400.0, hydro_gwh: Some(100.0), wind_gwh: None, solar_gwh: None, nuclear_gwh: None, carried_forward: 0 };
         GridIntensityRow::new(NaiveDate::from_ymd_opt(2021, 3, 1).unwrap(), "CN-SD", &sum, &mix, 1, 2019).unwrap()
     }
@@ -283,6 +290,7 @@ mod tests {
         let changed = [
             GridIntensityRow { wind_gwh: Some(0.5), ..r.clone() },
             GridIntensityRow { generation_sources: "thermal".into(), ..r.clone() },
+            GridIntensityRow { power_basis: "mixed".into(), ..r.clone() },
             GridIntensityRow { p97_5: r.p97_5 + 0.01, ..r.clone() },
             GridIntensityRow { provinces: 2, ..r.clone() },
         ];

@@ -361,9 +361,16 @@ struct YearCache {
     through: NaiveDate,
     days: Vec<NaiveDate>,
     provinces: BTreeMap<Province, ProvinceYear>,
+    /// Intensity of provinces with generation but no power estimate (no inventory: Tibet).
+    fallback: BTreeMap<Province, IntensityPath>,
 }
 
 impl YearCache {
+    /// Every province's intensity path: from its power estimate, or its fallback.
+    fn intensity_paths(&self) -> impl Iterator<Item = (Province, &IntensityPath)> {
+        self.provinces.iter().filter_map(|(p, py)| py.intensity.as_ref().map(|i| (*p, i))).chain(self.fallback.iter().map(|(p, i)| (*p, i)))
+    }
+
     /// Estimated totals of the year against the inventory: per province and sector, per
     /// province (sectors with an inventory value), and national (`national` band); and the
     /// national total against every national reference holding the year.
@@ -1280,7 +1287,7 @@ impl Processor {
         let cache = if reuse {
             self.cache.get_mut(&year).expect("checked")
         } else {
-            self.cache.insert(year, YearCache { base_year: last_inv, through, days: Vec::new(), provinces: BTreeMap::new() });
+            self.cache.insert(year, YearCache { base_year: last_inv, through, days: Vec::new(), provinces: BTreeMap::new(), fallback: BTreeMap::new() });
             self.cache.get_mut(&year).expect("inserted")
         };
         let mut out = Vec::new();
@@ -1334,6 +1341,34 @@ impl Processor {
             cache.provinces.insert(p, py);
             if self.lake.is_some() {
                 fresh.insert(p, rows);
+            }
+        }
+        // Provinces with generation but no power estimate (no inventory: Tibet) take the CO2
+        // per kWh of thermal generation of those with one, over the same days.
+        cache.fallback.clear();
+        let pairs: Vec<(f64, f64)> = cache
+            .provinces
+            .values()
+            .filter_map(|py| py.intensity.as_ref())
+            .map(|path| {
+                let mut s = IntensitySum::default();
+                for d in 0..path.days.len() {
+                    s.add_day(path, d);
+                }
+                (s.power_mtco2, s.thermal_gwh)
+            })
+            .collect();
+        if let Some(factor) = co2cast_model::grid_intensity::ThermalFactor::from_provinces(&pairs) {
+            for p in Province::ALL {
+                if wanted.as_ref().is_some_and(|w| !w.contains(&p)) || cache.provinces.contains_key(&p) {
+                    continue;
+                }
+                let generation = co2cast_model::grid_intensity::daily_generation(&panel, p, &cache.days, &vec![1.0; cache.days.len()]);
+                if generation.iter().all(Option::is_none) {
+                    continue;
+                }
+                let h = heat.get(&p).copied().unwrap_or(CHP_HEAT.national_share);
+                cache.fallback.insert(p, factor.path(p, &cache.days, generation, h, &heat_multipliers, self.cfg.ensemble_seed, &CHP_HEAT));
             }
         }
         // National rows from the joint ensemble of every province.
@@ -1506,7 +1541,11 @@ fn grid_rows(cache: &YearCache, base_year: i32) -> Vec<GridIntensityRow> {
     let mut rows = Vec::new();
     for py in cache.provinces.values() {
         rows.extend(py.grid.iter().cloned());
-        let Some(path) = &py.intensity else { continue };
+    }
+    for (p, path) in &cache.fallback {
+        rows.extend(province_grid_rows(*p, Some(path), base_year));
+    }
+    for (_, path) in cache.intensity_paths() {
         for d in 0..path.days.len().min(n) {
             let Some(mix) = path.generation[d] else { continue };
             let (sum, total, count) = &mut national[d];
@@ -1546,14 +1585,13 @@ fn grid_comparison(cache: &YearCache, panel: &ProxyPanel, references: &[co2cast_
     let mut national = IntensitySum::default();
     let mut national_consumption = Some(0.0);
     let mut lines = Vec::new();
-    for (p, py) in &cache.provinces {
-        let Some(path) = &py.intensity else { continue };
+    for (p, path) in cache.intensity_paths() {
         let mut sum = IntensitySum::default();
         for d in 0..path.days.len() {
             sum.add_day(path, d);
         }
         let Some(band) = sum.band() else { continue };
-        let months: Vec<f64> = (1..=12).filter_map(|m| panel.monthly(co2cast_model::proxy::Signal::ElectricityConsumption, Scope::Province(*p), YearMonth::new(year, m))).collect();
+        let months: Vec<f64> = (1..=12).filter_map(|m| panel.monthly(co2cast_model::proxy::Signal::ElectricityConsumption, Scope::Province(p), YearMonth::new(year, m))).collect();
         let consumption = (months.len() == 12).then(|| months.iter().sum::<f64>());
         national_consumption = national_consumption.zip(consumption).map(|(a, b)| a + b);
         national.add(&sum);
@@ -1564,7 +1602,7 @@ fn grid_comparison(cache: &YearCache, panel: &ProxyPanel, references: &[co2cast_
             p97_5: band.p97_5,
             generation_gwh: sum.generation_gwh,
             consumption_gwh: consumption,
-            reference: reference(Some(*p)),
+            reference: reference(Some(p)),
             base_year,
         });
     }
@@ -1688,7 +1726,7 @@ mod tests {
                 (*p, py)
             })
             .collect();
-        YearCache { base_year: 2019, through: NaiveDate::from_ymd_opt(2021, 12, 31).unwrap(), days: Vec::new(), provinces }
+        YearCache { base_year: 2019, through: NaiveDate::from_ymd_opt(2021, 12, 31).unwrap(), days: Vec::new(), provinces, fallback: BTreeMap::new() }
     }
 
     fn reference(source: &str, year: i32, v: f64) -> co2cast_model::references::NationalReference {
