@@ -26,8 +26,9 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed)).map_err(|e| format!("cannot install the SIGINT/SIGTERM handler: {e}"))?;
     }
     listener.set_nonblocking(true)?;
+    let mut last_warning: Option<std::time::Instant> = None;
     println!(
-        "broker listening on {} (librdkafka mock cluster at {upstream}; a development broker: each partition keeps a bounded log, about 15 MB; co2cast's topics created); stop with Ctrl-C",
+        "broker listening on {} (librdkafka mock cluster at {upstream}; a development broker: each partition keeps a bounded log of a few MB and nothing survives a restart; co2cast's topics created); stop with Ctrl-C",
         listener.local_addr()?
     );
     while !stop.load(Ordering::Relaxed) {
@@ -41,25 +42,37 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 });
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => tracing::warn!(message = "Accepting a broker connection failed.", error = %e),
+            Err(e) => {
+                // Out of file descriptors, say: wait, and say so at most once a second.
+                if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(message = "Accepting a broker connection failed.", error = %e);
+                    last_warning = Some(std::time::Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
     drop(cluster);
     Ok(())
 }
 
-/// Copies bytes both ways between a client and the cluster until either side closes.
+/// Copies bytes both ways between a client and the cluster until either side closes or
+/// fails; then both connections are closed, which ends the other direction's copy too (a
+/// Kafka connection is request-response: half of one is of no use).
 fn forward(client: TcpStream, upstream: &str) -> std::io::Result<()> {
     client.set_nonblocking(false)?;
-    let server = TcpStream::connect(upstream)?;
+    let server = TcpStream::connect_timeout(&upstream.parse().map_err(std::io::Error::other)?, Duration::from_secs(5))?;
     let (mut c_read, mut s_write) = (client.try_clone()?, server.try_clone()?);
     let (mut s_read, mut c_write) = (server, client);
+    let (c_close, s_close) = (c_write.try_clone()?, s_read.try_clone()?);
     let up = std::thread::spawn(move || {
         let _ = copy(&mut c_read, &mut s_write);
-        let _ = s_write.shutdown(Shutdown::Write);
+        let _ = s_write.shutdown(Shutdown::Both);
+        let _ = c_read.shutdown(Shutdown::Both);
     });
     let _ = copy(&mut s_read, &mut c_write);
-    let _ = c_write.shutdown(Shutdown::Write);
+    let _ = c_close.shutdown(Shutdown::Both);
+    let _ = s_close.shutdown(Shutdown::Both);
     let _ = up.join();
     Ok(())
 }

@@ -50,7 +50,11 @@ fn ts_type() -> DataType {
 }
 
 fn lake_err(e: LakeError) -> crate::error::PipelineError {
-    crate::error::PipelineError::Lake(e.to_string())
+    match e {
+        // A lake of another format is the user's to move away, not an outage.
+        LakeError::Format { .. } => crate::error::PipelineError::Config(e.to_string()),
+        LakeError::Io { .. } => crate::error::PipelineError::Lake(e.to_string()),
+    }
 }
 
 impl LakeSink {

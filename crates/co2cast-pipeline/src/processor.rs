@@ -576,6 +576,18 @@ impl Processor {
             });
         }
         self.consumer.context().total_partitions.store(total, Ordering::Release);
+        // A log that ends before the checkpointed offset was recreated (a topic deleted, a
+        // development broker restarted empty): reading on would skip its first messages.
+        for (key, offset) in &self.ckpt.offsets {
+            let Some((topic, partition)) = key.rsplit_once('/').and_then(|(t, p)| Some((t, p.parse::<i32>().ok()?))) else { continue };
+            if let Ok((_, high)) = self.consumer.fetch_watermarks(topic, partition, std::time::Duration::from_secs(5))
+                && high < *offset
+            {
+                return Err(PipelineError::Config(format!(
+                    "{key}: the brokers' log ends at offset {high}, before the checkpointed offset {offset}: the topic was recreated or the broker restarted empty, and reading on would skip messages; start on a new state directory (and lake)"
+                )));
+            }
+        }
         self.consumer.subscribe(&self.cfg.topics.proxies()).map_err(kafka("subscribe"))?;
         Ok(())
     }

@@ -74,6 +74,10 @@ pub async fn session(dir: &Path, limits: &SqlLimits) -> DfResult<SessionContext>
 /// Registers the lake tables that have files and are not registered yet (a running pipeline
 /// creates tables as it goes; listing tables see new files of registered tables by themselves).
 pub async fn register_tables(ctx: &SessionContext, dir: &Path) -> DfResult<Vec<&'static str>> {
+    // A lake of another format is refused, not served as if it had no tables.
+    if let Err(e @ co2cast_lake::LakeError::Format { .. }) = co2cast_lake::Manifest::read(dir) {
+        return Err(DataFusionError::Plan(e.to_string()));
+    }
     let mut added = Vec::new();
     for co2cast_lake::tables::TableSpec { name: table, partition_columns: parts } in co2cast_lake::tables::ALL {
         if ctx.table_exist(table)? {
