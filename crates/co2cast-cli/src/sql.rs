@@ -157,10 +157,10 @@ pub fn query(a: QueryArgs) -> Result<(), Box<dyn std::error::Error>> {
         co2cast_sql::query(&ctx, &sql).await.map_err(|e| e.to_string())
     })?;
     {
+        use std::io::Write;
         let mut out = std::io::stdout().lock();
         match a.format {
             OutputFormat::Table => {
-                use std::io::Write;
                 writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(&batches)?)?;
             }
             OutputFormat::Csv => {
@@ -170,12 +170,13 @@ pub fn query(a: QueryArgs) -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             OutputFormat::Json => {
-                // Every column in every line, as in the Kafka messages (nulls as `null`).
-                let mut w = arrow::json::WriterBuilder::new().with_explicit_nulls(true).build::<_, arrow::json::writer::LineDelimited>(&mut out);
+                // Lines as the Kafka messages are written (every column, nulls as `null`).
                 for b in &batches {
-                    w.write(b)?;
+                    for line in co2cast_pipeline::estimates::batch_to_json_lines(b)? {
+                        out.write_all(&line)?;
+                        out.write_all(b"\n")?;
+                    }
                 }
-                w.finish()?;
             }
         }
     }

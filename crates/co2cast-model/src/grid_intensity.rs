@@ -316,7 +316,7 @@ impl IntensitySum {
         }
         self.generation_gwh += g.total_gwh();
         self.thermal_gwh += g.thermal_gwh;
-        self.basis = Some(self.basis.map_or(path.basis, |b| b.with(path.basis)));
+        self.merge_basis(path.basis);
     }
 
     pub fn add(&mut self, other: &IntensitySum) {
@@ -329,8 +329,12 @@ impl IntensitySum {
         self.generation_gwh += other.generation_gwh;
         self.thermal_gwh += other.thermal_gwh;
         if let Some(o) = other.basis {
-            self.basis = Some(self.basis.map_or(o, |b| b.with(o)));
+            self.merge_basis(o);
         }
+    }
+
+    fn merge_basis(&mut self, b: PowerBasis) {
+        self.basis = Some(self.basis.map_or(b, |a| a.with(b)));
     }
 
     /// Intensity of each member, gCO2/kWh.

@@ -179,10 +179,10 @@ impl Default for ProcessorConfig {
     }
 }
 
-/// Consumer properties exactly-once and group membership rest on.
 /// The furthest `nowcast_months_beyond_data` may reach.
 pub const MAX_NOWCAST_MONTHS_BEYOND_DATA: u32 = 12;
 
+/// Consumer properties exactly-once and group membership rest on.
 const PINNED_CONSUMER_OPTIONS: [&str; 7] =
     ["bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset", "enable.partition.eof", "isolation.level"];
 
@@ -759,24 +759,27 @@ impl Processor {
     /// The last day estimates run to: the latest day any signal has reached, then
     /// `nowcast_months_beyond_data` more months of nowcasts, but never past today.
     fn estimate_end(&self) -> Option<NaiveDate> {
-        let last = self.ckpt.watermarks.signals.values().map(|w| w.max_event_end).max()?;
-        let last_day = shanghai_day(&(last - Duration::seconds(1)));
+        let last_day = self.latest_data_day()?;
         let bound = YearMonth::of(last_day).add_months(self.cfg.nowcast_months_beyond_data as i32).last_day();
         Some(last_day.max(bound.min(shanghai_day(&self.now()))))
     }
 
     /// The days `estimate_end` adds past the latest day any signal reached.
     fn nowcast_beyond_data(&self) -> Option<(NaiveDate, NaiveDate)> {
-        let last = self.ckpt.watermarks.signals.values().map(|w| w.max_event_end).max()?;
-        let last_day = shanghai_day(&(last - Duration::seconds(1)));
+        let last_day = self.latest_data_day()?;
         let end = self.estimate_end()?;
         (end > last_day).then(|| (last_day + Duration::days(1), end))
     }
 
+    /// The Asia/Shanghai day of the latest period end any signal has reached.
+    fn latest_data_day(&self) -> Option<NaiveDate> {
+        let last = self.ckpt.watermarks.signals.values().map(|w| w.max_event_end).max()?;
+        Some(shanghai_day(&(last - Duration::seconds(1))))
+    }
+
     /// The Asia/Shanghai year of the latest period end any signal has reached.
     fn latest_event_year(&self) -> Option<i32> {
-        let last = self.ckpt.watermarks.signals.values().map(|w| w.max_event_end).max()?;
-        Some(shanghai_day(&(last - Duration::seconds(1))).year())
+        self.latest_data_day().map(|d| d.year())
     }
 
     fn now(&self) -> DateTime<Utc> {
