@@ -1,9 +1,9 @@
 //! `co2cast replay` and `co2cast simulate`: producers for users and load tests.
 
 use chrono::{DateTime, Utc};
-use co2cast_pipeline::replay::{ProxyRecord, records_from_dataset};
+use co2cast_pipeline::replay::{PartitionCounts, ProxyRecord, records_from_dataset};
 use co2cast_pipeline::simulate::Simulator;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::ClientConfig;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -54,18 +54,10 @@ fn producer(brokers: &str) -> Result<BaseProducer, Box<dyn std::error::Error>> {
     Ok(ClientConfig::new().set("bootstrap.servers", brokers).set("enable.idempotence", "true").set("linger.ms", "5").create()?)
 }
 
-fn send(p: &BaseProducer, r: &ProxyRecord) -> Result<(), Box<dyn std::error::Error>> {
-    let mut rec = BaseRecord::to(r.topic.name()).key(r.key.as_bytes()).payload(r.payload.as_bytes());
-    loop {
-        match p.send(rec) {
-            Ok(()) => return Ok(()),
-            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
-                p.poll(Duration::from_millis(10));
-                rec = back;
-            }
-            Err((e, _)) => return Err(e.into()),
-        }
-    }
+/// To the partition of the key's province (`co2cast_pipeline::partitioner`).
+fn send(p: &BaseProducer, counts: &mut PartitionCounts, r: &ProxyRecord) -> Result<(), Box<dyn std::error::Error>> {
+    co2cast_pipeline::replay::send_partitioned(p, counts, r.topic.name(), &r.key, r.payload.as_bytes())
+        .map_err(|e| format!("producing to {}: {e} (is a broker running there, with co2cast's topics?)", r.topic.name()).into())
 }
 
 pub fn replay(a: ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -78,6 +70,7 @@ pub fn replay(a: ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("no proxy data for {}-{} in {}", a.from_year, a.to_year, a.from.display()).into());
     }
     let p = producer(&a.brokers)?;
+    let mut counts = PartitionCounts::default();
     let t0 = Instant::now();
     let first = records[0].released_at;
     for r in &records {
@@ -87,7 +80,7 @@ pub fn replay(a: ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
                 p.poll(wait);
             }
         }
-        send(&p, r)?;
+        send(&p, &mut counts, r)?;
         p.poll(Duration::ZERO);
     }
     p.flush(Duration::from_secs(60))?;
@@ -101,13 +94,14 @@ pub fn simulate(a: SimulateArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let start: DateTime<Utc> = DateTime::parse_from_rfc3339(&a.start).map_err(|e| format!("--start: {e}"))?.with_timezone(&Utc);
     let p = producer(&a.brokers)?;
+    let mut counts = PartitionCounts::default();
     let t0 = Instant::now();
     for (i, r) in Simulator::new(a.seed, start, a.bad_fraction).take(a.count as usize).enumerate() {
         let due = Duration::from_secs_f64(i as f64 / a.rate);
         if let Some(wait) = due.checked_sub(t0.elapsed()) {
             p.poll(wait);
         }
-        send(&p, &r)?;
+        send(&p, &mut counts, &r)?;
         p.poll(Duration::ZERO);
     }
     p.flush(Duration::from_secs(60))?;

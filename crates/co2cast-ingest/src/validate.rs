@@ -36,10 +36,13 @@ pub enum RejectCode {
     InvalidField,
     UnsupportedGranularity,
     MessageTooLarge,
+    /// A province's message on a partition that is not its province's (province stage only;
+    /// see co2cast-pipeline's `partitioner`).
+    WrongPartition,
 }
 
 impl RejectCode {
-    pub const ALL: [RejectCode; 19] = [
+    pub const ALL: [RejectCode; 20] = [
         RejectCode::UnknownTopic,
         RejectCode::MalformedJson,
         RejectCode::KeyMismatch,
@@ -59,6 +62,7 @@ impl RejectCode {
         RejectCode::InvalidField,
         RejectCode::UnsupportedGranularity,
         RejectCode::MessageTooLarge,
+        RejectCode::WrongPartition,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -82,6 +86,7 @@ impl RejectCode {
             RejectCode::InvalidField => "invalid_field",
             RejectCode::UnsupportedGranularity => "unsupported_granularity",
             RejectCode::MessageTooLarge => "message_too_large",
+            RejectCode::WrongPartition => "wrong_partition",
         }
     }
 }

@@ -56,6 +56,14 @@ pub struct Checkpoint {
     pub frontier: Frontier,
     /// Annual national totals as last estimated, for summaries.
     pub national: BTreeMap<i32, NationalYear>,
+    /// Years estimated so far (a year is re-estimated for next year's January only once it
+    /// has estimates).
+    #[serde(default)]
+    pub estimated_years: std::collections::BTreeSet<i32>,
+    /// Province-day member sums published to the national stage (province stage only; keys
+    /// `<province>/<date>`).
+    #[serde(default)]
+    pub published_ensemble: Published,
     /// Identity of this line of checkpoints; the lake it writes carries the same, so a lake
     /// is never rolled back by (or mixed with) the state of another run.
     pub lineage: String,
@@ -164,6 +172,8 @@ impl Checkpoint {
             dirty: BTreeMap::new(),
             frontier: Frontier::default(),
             national: BTreeMap::new(),
+            estimated_years: Default::default(),
+            published_ensemble: Published::default(),
             lineage: new_lineage(),
             settings,
         }

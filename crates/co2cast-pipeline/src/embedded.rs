@@ -34,6 +34,7 @@ pub fn start_cluster_of(brokers: i32, topics: &TopicNames) -> Result<MockCluster
     cluster.create_topic(&topics.dead_letter, 1, 1)?;
     cluster.create_topic(&topics.estimates_daily, ESTIMATE_PARTITIONS, 1)?;
     cluster.create_topic(&topics.grid_intensity_daily, ESTIMATE_PARTITIONS, 1)?;
+    cluster.create_topic(&topics.ensemble_province, ESTIMATE_PARTITIONS, 1)?;
     Ok(cluster)
 }
 
@@ -49,6 +50,8 @@ pub fn create_topics(brokers: &str, topics: &TopicNames, partitions: i32) -> Res
     wanted.push(NewTopic::new(&topics.dead_letter, 1, TopicReplication::Fixed(1)));
     wanted.push(NewTopic::new(&topics.estimates_daily, partitions, TopicReplication::Fixed(1)));
     wanted.push(NewTopic::new(&topics.grid_intensity_daily, partitions, TopicReplication::Fixed(1)));
+    // The national stage rebuilds its sums from this topic: only the newest value of each key matters.
+    wanted.push(NewTopic::new(&topics.ensemble_province, partitions, TopicReplication::Fixed(1)).set("cleanup.policy", "compact"));
     let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(30)));
     let results = block_on(admin.create_topics(&wanted, &opts)).map_err(|e| format!("create topics: {e}"))?;
     for r in results {

@@ -93,6 +93,9 @@ pub struct ProcessorConfig {
     pub ready_max_checkpoint_delay_s: u64,
     /// Longest wait between two attempts at a request the brokers failed.
     pub broker_retry_max_backoff_ms: u64,
+    /// What this process does (`co2cast run --role`); `All` or `Province` for a processor.
+    #[serde(skip)]
+    pub role: crate::role::Role,
 }
 
 impl ProcessorConfig {
@@ -175,6 +178,7 @@ impl Default for ProcessorConfig {
             ready_max_lag_messages: 100_000,
             ready_max_checkpoint_delay_s: 300,
             broker_retry_max_backoff_ms: 10_000,
+            role: crate::role::Role::All,
         }
     }
 }
@@ -183,8 +187,16 @@ impl Default for ProcessorConfig {
 pub const MAX_NOWCAST_MONTHS_BEYOND_DATA: u32 = 12;
 
 /// Consumer properties exactly-once and group membership rest on.
-const PINNED_CONSUMER_OPTIONS: [&str; 7] =
-    ["bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset", "enable.partition.eof", "isolation.level"];
+const PINNED_CONSUMER_OPTIONS: [&str; 8] = [
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "enable.partition.eof",
+    "isolation.level",
+    "partition.assignment.strategy",
+];
 
 pub use crate::error::{PipelineError, retryable};
 
@@ -298,6 +310,13 @@ pub struct Processor {
     /// since they were last emitted as metrics.
     family_counts: [[u64; 4]; FAMILY_SLOTS],
     last_tick: Instant,
+    /// Partitions of each proxy topic (all equal; known once subscribed).
+    proxy_partitions: i32,
+    /// Province stage: reads the national partition of every proxy topic by assignment, for
+    /// the national series every member needs (see `partitioner`).
+    national_reader: Option<BaseConsumer>,
+    /// Province stage: the provinces owned at the last flush (for logs when it changes).
+    owned_before: Vec<Province>,
 }
 
 const FAMILY_SLOTS: usize = co2cast_ingest::Topic::ALL.len() + 1;
@@ -444,6 +463,8 @@ impl Processor {
             writer_locks.push(writer_lock(dir, "_writer.lock", "lake")?);
         }
         let mut ckpt = Checkpoint::load(&cfg.checkpoint_dir)?.unwrap_or_else(|| Checkpoint::empty(watermarks, settings.clone()));
+        let national_years: Vec<i32> = ckpt.national.keys().copied().collect();
+        ckpt.estimated_years.extend(national_years);
         if ckpt.settings != settings {
             return Err(PipelineError::Config(format!(
                 "the state in {} was made with other settings ({}); this run has ({settings}). Resume it with those, or start over with another --state-dir (and --lake)",
@@ -484,6 +505,9 @@ impl Processor {
             .set("fetch.queue.backoff.ms", cfg.fetch_queue_backoff_ms.to_string())
             .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", cfg.heartbeat_interval_ms.to_string())
+            // Partition k of every proxy topic to the same member: the provinces of partition
+            // k are then wholly that member's (see `partitioner`).
+            .set("partition.assignment.strategy", "range")
             .create_with_context(GroupContext::new(positions.clone()))
             .map_err(kafka("create consumer"))?;
         let producer: BaseProducer<DeliveryContext> = ClientConfig::new()
@@ -496,6 +520,25 @@ impl Processor {
             .set("message.timeout.ms", "0")
             .create_with_context(DeliveryContext::default())
             .map_err(kafka("create producer"))?;
+        let national_reader = match cfg.role {
+            crate::role::Role::All => None,
+            crate::role::Role::Province => {
+                if cfg.lake_dir.is_some() {
+                    return Err(PipelineError::Config("a province member does not write the lake: run one `co2cast run --role lake` for it".into()));
+                }
+                let c: BaseConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", &cfg.brokers)
+                    .set("group.id", format!("{}.national-reader", cfg.group_id))
+                    .set("enable.auto.commit", "false")
+                    .set("enable.auto.offset.store", "false")
+                    .set("enable.partition.eof", "false")
+                    .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
+                    .create()
+                    .map_err(kafka("create the national partitions' reader"))?;
+                Some(c)
+            }
+            other => return Err(PipelineError::Config(format!("the processor runs the `all` or `province` role, not `{other}`"))),
+        };
         let caps = PlausibilityCaps::from_history(&history.proxies);
         let rules = ValidationRules { future_tolerance: Duration::seconds(cfg.future_tolerance_s), ..ValidationRules::default() };
         let consumer = Arc::new(consumer);
@@ -552,6 +595,9 @@ impl Processor {
             newest_published,
             family_counts: [[0; 4]; FAMILY_SLOTS],
             last_tick: Instant::now(),
+            proxy_partitions: 0,
+            national_reader,
+            owned_before: Vec::new(),
         };
         Ok(p)
     }
@@ -559,14 +605,17 @@ impl Processor {
     /// Joins the consumer group on every proxy topic. Assigned partitions start at this
     /// processor's checkpointed offsets (see `source::GroupContext`); the checkpoint is the
     /// source of truth, and offsets committed to the group serve lag monitoring.
-    fn try_subscribe(&self) -> Result<(), PipelineError> {
+    fn try_subscribe(&mut self) -> Result<(), PipelineError> {
         let mut total = 0;
+        let mut counts = BTreeSet::new();
         for name in self.cfg.topics.proxies() {
             let md = self
                 .consumer
                 .fetch_metadata(Some(name), std::time::Duration::from_secs(5))
                 .map_err(kafka("fetch metadata"))?;
-            total += md.topics().iter().filter(|x| x.error().is_none()).map(|x| x.partitions().len()).sum::<usize>();
+            let n = md.topics().iter().filter(|x| x.error().is_none()).map(|x| x.partitions().len()).sum::<usize>();
+            total += n;
+            counts.insert(n);
         }
         if total == 0 {
             // Topics not created yet (an operator or an init job may be about to): retried.
@@ -575,6 +624,12 @@ impl Processor {
                 source: rdkafka::error::KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition),
             });
         }
+        if self.cfg.role == crate::role::Role::Province && counts.len() > 1 {
+            return Err(PipelineError::Config(format!(
+                "the proxy topics have different numbers of partitions ({counts:?}): province members own provinces by partition number, so every proxy topic needs the same number"
+            )));
+        }
+        self.proxy_partitions = counts.into_iter().max().unwrap_or(0) as i32;
         self.consumer.context().total_partitions.store(total, Ordering::Release);
         // A log that ends before the checkpointed offset was recreated (a topic deleted, a
         // development broker restarted empty): reading on would skip its first messages.
@@ -588,8 +643,79 @@ impl Processor {
                 )));
             }
         }
+        if let Some(reader) = &self.national_reader {
+            let mut tpl = TopicPartitionList::new();
+            for t in self.cfg.topics.proxies() {
+                let at = self.ckpt.offsets.get(&national_reader_key(t)).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                tpl.add_partition_offset(t, crate::partitioner::NATIONAL_PARTITION, at).map_err(kafka("national partitions"))?;
+            }
+            reader.assign(&tpl).map_err(kafka("assign the national partitions"))?;
+        }
         self.consumer.subscribe(&self.cfg.topics.proxies()).map_err(kafka("subscribe"))?;
         Ok(())
+    }
+
+    /// Province stage: national messages from the national partition of every proxy topic,
+    /// read by assignment (messages of provinces there belong to that partition's owner).
+    /// Returns how many were handled.
+    fn poll_national(&mut self) -> Result<usize, PipelineError> {
+        let Some(reader) = self.national_reader.take() else { return Ok(0) };
+        let result = (|| {
+            let now = self.now();
+            let received_at = Utc::now();
+            let mut handled = 0;
+            while handled < 10_000 {
+                let m = match reader.poll(std::time::Duration::ZERO) {
+                    None => break,
+                    Some(Err(e)) => {
+                        co2cast_metrics::events::BrokerRequestFailed { operation: "consume", error: &e, domain: co2cast_metrics::ErrorDomain::External, retry_in: None, attempt: 0 }.emit();
+                        break;
+                    }
+                    Some(Ok(m)) => m,
+                };
+                use rdkafka::Message;
+                let key = m.key();
+                let national = key.and_then(|k| std::str::from_utf8(k).ok()).and_then(crate::partitioner::key_scope) == Some(Scope::National);
+                if national {
+                    if self.oldest_unflushed.is_none() {
+                        self.oldest_unflushed = Some(Instant::now());
+                    }
+                    let e = crate::source::BatchEntry::located(Arc::from(m.topic()), m.partition(), m.offset());
+                    self.handle(now, received_at, &e, key, m.payload())?;
+                    handled += 1;
+                }
+                let slot = self.ckpt.offsets.entry(national_reader_key(m.topic())).or_insert(0);
+                *slot = (*slot).max(m.offset() + 1);
+            }
+            Ok(handled)
+        })();
+        self.national_reader = Some(reader);
+        if let Some(rc) = &self.received_counter {
+            rc.store(self.ckpt.counters.received - self.received_at_start, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// The provinces this member estimates now: every one while it holds every partition
+    /// (`all`), or those of the partition numbers it holds in every proxy topic (`province`);
+    /// `None` while it holds nothing it can estimate from.
+    fn owned_provinces(&self) -> Option<BTreeSet<Province>> {
+        let ctx = self.consumer.context();
+        let owned: BTreeSet<Province> = match self.cfg.role {
+            crate::role::Role::Province if self.proxy_partitions > 0 => {
+                let assignment = ctx.assignment();
+                let proxies = self.cfg.topics.proxies();
+                let held: BTreeSet<i32> = (0..self.proxy_partitions)
+                    .filter(|k| proxies.iter().all(|t| assignment.iter().any(|(at, ap)| at == t && ap == k)))
+                    .collect();
+                crate::partitioner::provinces_of(&held, self.proxy_partitions).into_iter().collect()
+            }
+            _ if ctx.owns_all() => Province::ALL.into_iter().collect(),
+            _ => BTreeSet::new(),
+        };
+        let wanted: Option<Vec<Province>> = self.cfg.provinces.as_ref().map(|v| v.iter().filter_map(|p| Province::parse_lenient(p)).collect());
+        let owned: BTreeSet<Province> = owned.into_iter().filter(|p| wanted.as_ref().is_none_or(|w| w.contains(p))).collect();
+        (!owned.is_empty()).then_some(owned)
     }
 
     /// Joins the group, retrying with backoff while the brokers are away. Returns false if
@@ -898,6 +1024,9 @@ impl Processor {
                     return Err(PipelineError::Internal("the Kafka poll thread ended unexpectedly".into()));
                 }
             }
+            if self.poll_national()? > 0 {
+                last_message = Instant::now();
+            }
             self.tick();
             // Quiet since the last message, or since partitions were (re)assigned.
             let quiet = match self.consumer.context().assigned_at() {
@@ -946,6 +1075,14 @@ impl Processor {
             let next = self.ckpt.offsets.get(&partition_key(e.topic(), e.partition())).copied().unwrap_or(0);
             if next < high {
                 return Ok(false);
+            }
+        }
+        if let Some(reader) = &self.national_reader {
+            for t in self.cfg.topics.proxies() {
+                let Ok((_, high)) = reader.fetch_watermarks(t, crate::partitioner::NATIONAL_PARTITION, std::time::Duration::from_secs(5)) else { return Ok(false) };
+                if self.ckpt.offsets.get(&national_reader_key(t)).copied().unwrap_or(0) < high {
+                    return Ok(false);
+                }
             }
         }
         Ok(true)
@@ -1040,6 +1177,29 @@ impl Processor {
                 }),
             },
         };
+        // Province members own provinces by partition: a province's message elsewhere would
+        // reach a member that does not estimate it.
+        let result = match result {
+            Ok(v) if self.cfg.role == crate::role::Role::Province => match v.scope {
+                Scope::Province(p) if self.proxy_partitions > 0 && crate::partitioner::province_partition(p, self.proxy_partitions) != partition => {
+                    Err(co2cast_ingest::Reject {
+                        code: co2cast_ingest::RejectCode::WrongPartition,
+                        reason: format!(
+                            "{} belongs to partition {} of {} (its index in the province list modulo the partitions; see docs/pipeline.md, Partitioning)",
+                            p.iso_code(),
+                            crate::partitioner::province_partition(p, self.proxy_partitions),
+                            self.proxy_partitions
+                        ),
+                    })
+                }
+                Scope::National if self.proxy_partitions > 0 && partition != crate::partitioner::NATIONAL_PARTITION => Err(co2cast_ingest::Reject {
+                    code: co2cast_ingest::RejectCode::WrongPartition,
+                    reason: format!("national messages belong to partition {} (see docs/pipeline.md, Partitioning)", crate::partitioner::NATIONAL_PARTITION),
+                }),
+                _ => Ok(v),
+            },
+            other => other,
+        };
         match result {
             Ok(v) => {
                 c.accepted += 1;
@@ -1078,7 +1238,7 @@ impl Processor {
                         for year in co2cast_model::estimate::years_reading(y as i32, &self.inventory_years, last) {
                             // The year before reads only January (its December's days run into
                             // it): re-estimated when it has estimates, never started for it.
-                            if year < y as i32 && !self.ckpt.national.contains_key(&year) {
+                            if year < y as i32 && !self.ckpt.estimated_years.contains(&year) {
                                 continue;
                             }
                             self.ckpt.dirty.entry(year).or_insert(Dirty::Provinces(0)).add(v.scope);
@@ -1201,28 +1361,43 @@ impl Processor {
         self.flush_started_at = Utc::now();
         self.emit_family_counts();
         let (mut rows, mut years) = (0u64, 0usize);
-        if self.consumer.context().owns_all() {
+        let owned = self.owned_provinces();
+        if let Some(owned) = &owned
+            && self.owned_before.len() != owned.len()
+        {
+            tracing::info!(message = "Provinces owned.", provinces = owned.len(), role = %self.cfg.role);
+            self.owned_before = owned.iter().copied().collect();
+        }
+        // Owed work this member can do now (a province member owes the rest until it holds them).
+        let doable = |d: &Dirty| owned.as_ref().is_some_and(|o| o.iter().any(|p| d.includes(*p)));
+        if owned.is_some() {
             self.marked_year.fill(None);
-            if !self.ckpt.dirty.is_empty() {
-                let live = self.ckpt.state.to_panel();
-                self.mark_frontier_moves(&live);
-                let dirty = std::mem::take(&mut self.ckpt.dirty);
-                let data_year = self.latest_event_year();
-                self.nowcast_deferred = false;
-                for (year, d) in dirty {
-                    if under_backlog && data_year.is_some_and(|y| year > y) {
-                        self.ckpt.dirty.insert(year, d);
-                        self.nowcast_deferred = true;
-                        continue;
-                    }
-                    rows += self.estimate_year(year, &d, &live)?;
-                    years += 1;
+        }
+        if self.ckpt.dirty.values().any(doable) {
+            let owned = owned.clone().expect("doable");
+            let live = self.ckpt.state.to_panel();
+            self.mark_frontier_moves(&live);
+            let dirty = std::mem::take(&mut self.ckpt.dirty);
+            let data_year = self.latest_event_year();
+            self.nowcast_deferred = false;
+            for (year, d) in dirty {
+                if !doable(&d) || (under_backlog && data_year.is_some_and(|y| year > y)) {
+                    self.nowcast_deferred |= doable(&d);
+                    self.ckpt.dirty.insert(year, d);
+                    continue;
                 }
-                self.update_coverage(&live);
+                rows += self.estimate_year(year, &d, &live, &owned)?;
+                years += 1;
+                // What is not this member's stays owed, for when it is.
+                let rest: Vec<Province> = Province::ALL.into_iter().filter(|p| d.includes(*p) && !owned.contains(p)).collect();
+                for p in rest {
+                    self.ckpt.dirty.entry(year).or_insert(Dirty::Provinces(0)).add(Scope::Province(p));
+                }
             }
+            self.update_coverage(&live);
         } else if !self.ckpt.dirty.is_empty() {
             self.nowcast_deferred = false;
-            tracing::debug!(message = "Estimates held back: this member holds only some partitions.", assigned = self.assigned_partitions());
+            tracing::debug!(message = "Estimates held back: this member holds none of the provinces they are owed for.", assigned = self.assigned_partitions());
         }
         self.deliver()?;
         if years > 0 {
@@ -1263,7 +1438,7 @@ impl Processor {
 
     /// Re-estimates a year's dirty provinces and publishes the rows that changed; returns
     /// how many.
-    fn estimate_year(&mut self, year: i32, dirty: &Dirty, live: &ProxyPanel) -> Result<u64, PipelineError> {
+    fn estimate_year(&mut self, year: i32, dirty: &Dirty, live: &ProxyPanel, owned: &BTreeSet<Province>) -> Result<u64, PipelineError> {
         let inv_years = self.history.inventory.years();
         let Some(&last_inv) = inv_years.iter().filter(|y| **y < year).max() else { return Ok(0) };
         // Days up to the furthest signal watermark and the nowcast months beyond it.
@@ -1297,6 +1472,8 @@ impl Processor {
         let settings = EnsembleSettings { members: self.cfg.ensemble_members, seed: self.cfg.ensemble_seed };
         let wanted: Option<Vec<Province>> =
             self.cfg.provinces.as_ref().map(|v| v.iter().filter_map(|p| Province::parse_lenient(p)).collect());
+        let province_stage = self.cfg.role == crate::role::Role::Province;
+        self.ckpt.estimated_years.insert(year);
         // A cache for another day range or base year is of no use.
         let reuse = self.cache.get(&year).is_some_and(|c| c.through == through && c.base_year == last_inv);
         let cache = if reuse {
@@ -1307,8 +1484,9 @@ impl Processor {
         };
         let mut out = Vec::new();
         let mut fresh: BTreeMap<Province, Vec<co2cast_model::estimate::RowEnsemble>> = BTreeMap::new();
+        let mut estimated: Vec<Province> = Vec::new();
         for p in Province::ALL {
-            if wanted.as_ref().is_some_and(|w| !w.contains(&p)) || (reuse && !dirty.includes(p)) {
+            if !owned.contains(&p) || (reuse && !dirty.includes(p)) {
                 continue;
             }
             let rows: Vec<_> = Sector::ALL.iter().filter_map(|s| est.row(p, *s, &months, settings)).collect();
@@ -1354,67 +1532,97 @@ impl Processor {
             }
             out.extend(py.rows.iter().cloned());
             cache.provinces.insert(p, py);
+            estimated.push(p);
             if self.lake.is_some() {
                 fresh.insert(p, rows);
             }
         }
-        // Provinces with generation but no power estimate (no inventory: Tibet) take the CO2
-        // per kWh of thermal generation of those with one, over the same days.
-        cache.fallback.clear();
-        let pairs: Vec<(f64, f64)> = cache
-            .provinces
-            .values()
-            .filter_map(|py| py.intensity.as_ref())
-            .map(|path| {
-                let mut s = IntensitySum::default();
-                for d in 0..path.days.len() {
-                    s.add_day(path, d);
-                }
-                (s.power_mtco2, s.thermal_gwh)
-            })
-            .collect();
-        if let Some(factor) = co2cast_model::grid_intensity::ThermalFactor::from_provinces(&pairs) {
-            for p in Province::ALL {
-                if wanted.as_ref().is_some_and(|w| !w.contains(&p)) || cache.provinces.contains_key(&p) {
-                    continue;
-                }
-                let generation = co2cast_model::grid_intensity::daily_generation(&panel, p, &cache.days, &vec![1.0; cache.days.len()]);
-                if generation.iter().all(Option::is_none) {
-                    continue;
-                }
-                let h = heat.get(&p).copied().unwrap_or(CHP_HEAT.national_share);
-                cache.fallback.insert(p, factor.path(p, &cache.days, generation, h, &heat_multipliers, self.cfg.ensemble_seed, &CHP_HEAT));
-            }
-        }
-        // National rows from the joint ensemble of every province.
-        let ndays = cache.days.len();
-        let mut central = vec![0.0; ndays];
-        let mut members = vec![vec![0.0; ndays]; settings.members];
-        let mut cov = vec![0.0; ndays];
-        let mut source = vec![SourceType::Proxy; ndays];
-        let mut data_months: Vec<Vec<(YearMonth, f64)>> = vec![Vec::new(); ndays];
-        for py in cache.provinces.values() {
-            for i in 0..ndays {
-                central[i] += py.central[i];
-                cov[i] += py.coverage_weighted[i];
-                source[i] = source[i].max(py.source[i]);
-                data_months[i].extend_from_slice(&py.data_months[i]);
-            }
-            for (acc, m) in members.iter_mut().zip(&py.members) {
-                for (x, y) in acc.iter_mut().zip(m) {
-                    *x += y;
+        let (grid, sums) = if province_stage {
+            // The national stage sums members; Tibet's fallback and national grid rows need
+            // every province, so the province stage publishes its own provinces' rows only.
+            let mut sums = Vec::new();
+            for p in &estimated {
+                let py = &cache.provinces[p];
+                for (i, d) in cache.days.iter().enumerate() {
+                    sums.push(crate::province_ensemble::ProvinceDayEnsemble {
+                        province: p.iso_code().to_string(),
+                        date: *d,
+                        base_year: last_inv,
+                        central_mtco2: py.central[i],
+                        coverage_weighted_mtco2: py.coverage_weighted[i],
+                        source_type: py.source[i],
+                        data_months: py.data_months[i].clone(),
+                        members_mtco2: py.members.iter().map(|m| m[i]).collect(),
+                        revision: 0,
+                    });
                 }
             }
+            (estimated.iter().flat_map(|p| cache.provinces[p].grid.iter().cloned()).collect(), sums)
+        } else {
+            // Provinces with generation but no power estimate (no inventory: Tibet) take the CO2
+            // per kWh of thermal generation of those with one, over the same days.
+            cache.fallback.clear();
+            let pairs: Vec<(f64, f64)> = cache
+                .provinces
+                .values()
+                .filter_map(|py| py.intensity.as_ref())
+                .map(|path| {
+                    let mut s = IntensitySum::default();
+                    for d in 0..path.days.len() {
+                        s.add_day(path, d);
+                    }
+                    (s.power_mtco2, s.thermal_gwh)
+                })
+                .collect();
+            if let Some(factor) = co2cast_model::grid_intensity::ThermalFactor::from_provinces(&pairs) {
+                for p in Province::ALL {
+                    if wanted.as_ref().is_some_and(|w| !w.contains(&p)) || cache.provinces.contains_key(&p) {
+                        continue;
+                    }
+                    let generation = co2cast_model::grid_intensity::daily_generation(&panel, p, &cache.days, &vec![1.0; cache.days.len()]);
+                    if generation.iter().all(Option::is_none) {
+                        continue;
+                    }
+                    let h = heat.get(&p).copied().unwrap_or(CHP_HEAT.national_share);
+                    cache.fallback.insert(p, factor.path(p, &cache.days, generation, h, &heat_multipliers, self.cfg.ensemble_seed, &CHP_HEAT));
+                }
+            }
+            // National rows from the joint ensemble of every province.
+            let ndays = cache.days.len();
+            let mut central = vec![0.0; ndays];
+            let mut members = vec![vec![0.0; ndays]; settings.members];
+            let mut cov = vec![0.0; ndays];
+            let mut source = vec![SourceType::Proxy; ndays];
+            let mut data_months: Vec<Vec<(YearMonth, f64)>> = vec![Vec::new(); ndays];
+            for py in cache.provinces.values() {
+                for i in 0..ndays {
+                    central[i] += py.central[i];
+                    cov[i] += py.coverage_weighted[i];
+                    source[i] = source[i].max(py.source[i]);
+                    data_months[i].extend_from_slice(&py.data_months[i]);
+                }
+                for (acc, m) in members.iter_mut().zip(&py.members) {
+                    for (x, y) in acc.iter_mut().zip(m) {
+                        *x += y;
+                    }
+                }
+            }
+            for (i, d) in cache.days.iter().enumerate() {
+                let col: Vec<f64> = members.iter().map(|m| m[i]).collect();
+                let c = if central[i] > 0.0 { cov[i] / central[i] } else { 0.0 };
+                let through_month = co2cast_model::estimate::month_behind_half(&mut data_months[i]);
+                out.push(EstimateRow::national(*d, &Band::from_members(central[i], &col), source[i], c, through_month, last_inv));
+            }
+            let grid = grid_rows(cache, last_inv);
+            let annual_members: Vec<f64> = members.iter().map(|m| m.iter().sum()).collect();
+            self.ckpt.national.insert(year, NationalYear { year, days: ndays, band: Band::from_members(central.iter().sum(), &annual_members) });
+            (grid, Vec::new())
+        };
+        for e in &self.ckpt.published_ensemble.diff(sums) {
+            let json = serde_json::to_vec(e).map_err(|e| PipelineError::Internal(format!("encoding member sums as JSON: {e}")))?;
+            let key = crate::estimates::Revisioned::key(e);
+            self.send(BaseRecord::to(&self.cfg.topics.ensemble_province).key(key.as_bytes()).payload(&json))?;
         }
-        for (i, d) in cache.days.iter().enumerate() {
-            let col: Vec<f64> = members.iter().map(|m| m[i]).collect();
-            let c = if central[i] > 0.0 { cov[i] / central[i] } else { 0.0 };
-            let through_month = co2cast_model::estimate::month_behind_half(&mut data_months[i]);
-            out.push(EstimateRow::national(*d, &Band::from_members(central[i], &col), source[i], c, through_month, last_inv));
-        }
-        let grid = grid_rows(cache, last_inv);
-        let annual_members: Vec<f64> = members.iter().map(|m| m.iter().sum()).collect();
-        self.ckpt.national.insert(year, NationalYear { year, days: ndays, band: Band::from_members(central.iter().sum(), &annual_members) });
         let changed = self.ckpt.published.diff(out);
         let grid_changed = self.ckpt.published_grid_intensity.diff(grid.clone());
         if let Some(lake) = &mut self.lake {
@@ -1665,6 +1873,11 @@ pub const BROKER_OPERATIONS: [&str; 6] = ["consume", "produce", "flush", "metada
 
 /// An exclusive lock on `<dir>/<name>` (created with the directory), released when the file
 /// is closed, also when the process is killed; or a configuration error naming the holder.
+/// The checkpoint key of the province stage's own read of a topic's national partition.
+fn national_reader_key(topic: &str) -> String {
+    format!("{topic}/{}@national", crate::partitioner::NATIONAL_PARTITION)
+}
+
 fn writer_lock(dir: &std::path::Path, name: &str, what: &str) -> Result<std::fs::File, PipelineError> {
     use std::io::{Read, Seek, Write};
     let path = dir.join(name);

@@ -130,6 +130,7 @@ pub fn produce_paced(
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .create()?;
+    let mut counts = PartitionCounts::default();
     for r in records {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -142,22 +143,60 @@ pub fn produce_paced(
                 producer.poll(std::time::Duration::from_millis(10));
             }
         }
-        let mut rec = BaseRecord::to(topics.proxy(r.topic)).key(r.key.as_bytes()).payload(r.payload.as_bytes());
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
-                    producer.poll(std::time::Duration::from_millis(10));
-                    rec = back;
-                }
-                Err((e, _)) => return Err(e),
-            }
-        }
+        send_partitioned(&producer, &mut counts, topics.proxy(r.topic), &r.key, r.payload.as_bytes())?;
         produced.fetch_add(1, Ordering::Relaxed);
         producer.poll(std::time::Duration::ZERO);
     }
     producer.flush(std::time::Duration::from_secs(30))?;
     Ok(())
+}
+
+/// Partitions per topic, asked of the brokers once per topic.
+#[derive(Default)]
+pub struct PartitionCounts(std::collections::HashMap<String, i32>);
+
+impl PartitionCounts {
+    pub fn of<C: rdkafka::ClientContext>(&mut self, client: &rdkafka::client::Client<C>, topic: &str) -> Result<i32, rdkafka::error::KafkaError> {
+        if let Some(n) = self.0.get(topic) {
+            return Ok(*n);
+        }
+        let md = client.fetch_metadata(Some(topic), std::time::Duration::from_secs(10))?;
+        let n = md.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map_or(0, |t| t.partitions().len() as i32);
+        if n == 0 {
+            return Err(rdkafka::error::KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition));
+        }
+        self.0.insert(topic.to_string(), n);
+        Ok(n)
+    }
+}
+
+/// Produces a proxy message to the partition `crate::partitioner` gives its key, waiting
+/// while the local queue is full.
+pub fn send_partitioned<C: rdkafka::producer::ProducerContext>(
+    producer: &BaseProducer<C>,
+    counts: &mut PartitionCounts,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+) -> Result<(), rdkafka::error::KafkaError>
+where
+    C::DeliveryOpaque: Default,
+{
+    let n = counts.of(producer.client(), topic)?;
+    let mut rec = BaseRecord::with_opaque_to(topic, C::DeliveryOpaque::default()).key(key.as_bytes()).payload(payload);
+    if let Some(p) = crate::partitioner::partition_for_key(key, n) {
+        rec = rec.partition(p);
+    }
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                producer.poll(std::time::Duration::from_millis(10));
+                rec = back;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
 }
 
 /// Month of the last record (for progress messages).

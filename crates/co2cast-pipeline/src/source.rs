@@ -77,6 +77,8 @@ pub struct GroupContext {
     positions: Positions,
     /// Partitions currently assigned to this member.
     pub assigned: AtomicUsize,
+    /// Which they are (topic, partition).
+    assignment: Mutex<Vec<(String, i32)>>,
     /// Partitions of all proxy topics (known at start).
     pub total_partitions: AtomicUsize,
     /// When partitions were last assigned: input cannot be called quiet before they had time to deliver.
@@ -94,6 +96,7 @@ impl GroupContext {
         GroupContext {
             positions,
             assigned: AtomicUsize::new(0),
+            assignment: Mutex::new(Vec::new()),
             total_partitions: AtomicUsize::new(0),
             assigned_at: Mutex::new(None),
             fetch_queue: AtomicPtr::new(std::ptr::null_mut()),
@@ -117,6 +120,16 @@ impl GroupContext {
     }
 
     /// This member holds every partition of the proxy topics.
+    /// The partitions currently assigned (topic, partition).
+    pub fn assignment(&self) -> Vec<(String, i32)> {
+        self.assignment.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_assignment(&self, a: Vec<(String, i32)>) {
+        self.assigned.store(a.len(), Ordering::Release);
+        *self.assignment.lock().unwrap_or_else(|e| e.into_inner()) = a;
+    }
+
     pub fn owns_all(&self) -> bool {
         let total = self.total_partitions.load(Ordering::Acquire);
         total > 0 && self.assigned.load(Ordering::Acquire) == total
@@ -192,17 +205,18 @@ impl ConsumerContext for GroupContext {
                         route_partition(consumer, fetch_queue, t, *p);
                     }
                 }
+                let n = elems.len();
                 match consumer.assign(tpl) {
                     Ok(()) => {
-                        self.assigned.store(elems.len(), Ordering::Release);
+                        self.set_assignment(elems);
                         *self.assigned_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                     }
                     Err(e) => tracing::error!(message = "Partition assignment failed.", error = %e),
                 }
-                tracing::info!(message = "Partitions assigned.", partitions = elems.len());
+                tracing::info!(message = "Partitions assigned.", partitions = n);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                self.assigned.store(0, Ordering::Release);
+                self.set_assignment(Vec::new());
                 if let Err(e) = consumer.unassign() {
                     tracing::error!(message = "Partition revocation failed.", error = %e);
                 }
@@ -210,7 +224,7 @@ impl ConsumerContext for GroupContext {
             }
             other => {
                 tracing::warn!(message = "Rebalance error.", code = ?other);
-                self.assigned.store(0, Ordering::Release);
+                self.set_assignment(Vec::new());
                 let _ = consumer.unassign();
             }
         }
@@ -309,6 +323,13 @@ pub struct BatchEntry {
     pub timestamp_ms: Option<i64>,
     key: Option<Bytes>,
     payload: Option<Bytes>,
+}
+
+impl BatchEntry {
+    /// Where a message read outside a batch came from (its key and payload are passed apart).
+    pub fn located(topic: Arc<str>, partition: i32, offset: i64) -> BatchEntry {
+        BatchEntry { topic, partition, offset, timestamp_ms: None, key: None, payload: None }
+    }
 }
 
 /// An owned librdkafka message, destroyed when its batch is cleared or dropped.

@@ -18,11 +18,15 @@ pub struct TopicNames {
     pub dead_letter: String,
     pub estimates_daily: String,
     pub grid_intensity_daily: String,
+    /// The province stage's Monte Carlo member sums per province-day, read by the national
+    /// stage (internal; compacted, keyed `<province>/<date>`).
+    pub ensemble_province: String,
 }
 
 pub const DLQ_TOPIC: &str = "co2cast.dlq";
 pub const ESTIMATES_TOPIC: &str = "co2cast.estimates.daily";
 pub const GRID_INTENSITY_TOPIC: &str = "co2cast.grid_intensity.daily";
+pub const ENSEMBLE_PROVINCE_TOPIC: &str = "co2cast.ensemble.province";
 
 impl Default for TopicNames {
     fn default() -> Self {
@@ -37,6 +41,7 @@ impl Default for TopicNames {
             dead_letter: DLQ_TOPIC.into(),
             estimates_daily: ESTIMATES_TOPIC.into(),
             grid_intensity_daily: GRID_INTENSITY_TOPIC.into(),
+            ensemble_province: ENSEMBLE_PROVINCE_TOPIC.into(),
         }
     }
 }
@@ -56,6 +61,7 @@ impl TopicNames {
             dead_letter: d.dead_letter + suffix,
             estimates_daily: d.estimates_daily + suffix,
             grid_intensity_daily: d.grid_intensity_daily + suffix,
+            ensemble_province: d.ensemble_province + suffix,
         }
     }
 
@@ -82,7 +88,7 @@ impl TopicNames {
 
     /// Names must be distinct and valid Kafka topic names.
     pub fn check(&self) -> Result<(), String> {
-        let all = [self.proxies(), vec![self.dead_letter.as_str(), self.estimates_daily.as_str(), self.grid_intensity_daily.as_str()]].concat();
+        let all = [self.proxies(), vec![self.dead_letter.as_str(), self.estimates_daily.as_str(), self.grid_intensity_daily.as_str(), self.ensemble_province.as_str()]].concat();
         for n in &all {
             let ok = !n.is_empty() && n.len() <= 249 && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
             if !ok {

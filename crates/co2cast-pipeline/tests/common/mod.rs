@@ -56,15 +56,12 @@ pub fn produce(b: &TestBroker, records: &[ProxyRecord]) {
         // tansu 0.6 returns nothing for a fetch that starts inside a produced batch (and
         // reports the batch count as the high watermark), so a restart at a checkpointed
         // offset would stall there: give it one message per batch.
-        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        use rdkafka::producer::{BaseProducer, Producer};
         let p: BaseProducer =
             ClientConfig::new().set("bootstrap.servers", &b.brokers).set("linger.ms", "0").set("batch.num.messages", "1").create().unwrap();
+        let mut counts = co2cast_pipeline::replay::PartitionCounts::default();
         for r in records {
-            let mut rec = BaseRecord::to(b.topics.proxy(r.topic)).key(r.key.as_bytes()).payload(r.payload.as_bytes());
-            while let Err((_, back)) = p.send(rec) {
-                p.poll(std::time::Duration::from_millis(5));
-                rec = back;
-            }
+            co2cast_pipeline::replay::send_partitioned(&p, &mut counts, b.topics.proxy(r.topic), &r.key, r.payload.as_bytes()).unwrap();
         }
         p.flush(std::time::Duration::from_secs(60)).unwrap();
         return;
