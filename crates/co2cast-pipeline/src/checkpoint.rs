@@ -150,8 +150,8 @@ pub enum CheckpointError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("checkpoint {}: not a valid checkpoint: {msg}", path.display())]
     Corrupt { path: PathBuf, msg: String },
-    #[error("checkpoint {}: version {found}, this build reads version {CHECKPOINT_VERSION}; move the state directory away (and the lake it wrote) to start over", path.display())]
-    Version { path: PathBuf, found: u32 },
+    #[error("checkpoint {}: version {found}, this build reads version {expected}; move the state directory away (and the lake it wrote) to start over", path.display())]
+    Version { path: PathBuf, found: u32, expected: u32 },
 }
 
 pub fn partition_key(topic: &str, partition: i32) -> String {
@@ -184,41 +184,50 @@ impl Checkpoint {
     }
 
     pub fn load(dir: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
-        let path = Self::file(dir);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(CheckpointError::Io { path, source: e }),
-        };
-        let v: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt { path: path.clone(), msg: e.to_string() })?;
-        let version = v.get("version").and_then(|x| x.as_u64()).unwrap_or(0) as u32;
-        if version != CHECKPOINT_VERSION {
-            return Err(CheckpointError::Version { path, found: version });
-        }
-        serde_json::from_value(v).map(Some).map_err(|e| CheckpointError::Corrupt { path, msg: e.to_string() })
+        load_versioned(&Self::file(dir), CHECKPOINT_VERSION)
     }
 
     /// Writes atomically: a reader (or a restart) sees the old or the new checkpoint, never a mix.
     pub fn save(&mut self, dir: &Path) -> Result<(), CheckpointError> {
         self.sequence += 1;
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |e| CheckpointError::Io { path: path.clone(), source: e }
-        };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let tmp = dir.join("checkpoint.json.tmp");
-        let bytes = serde_json::to_vec(self).map_err(|e| CheckpointError::Corrupt { path: tmp.clone(), msg: e.to_string() })?;
-        {
-            let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-            f.write_all(&bytes).map_err(io(&tmp))?;
-            f.sync_all().map_err(io(&tmp))?;
-        }
-        let path = Self::file(dir);
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        save_atomically(dir, "checkpoint.json", self)
     }
+}
+
+/// A JSON checkpoint with a `version` field, `None` when there is none yet; another version is
+/// refused.
+pub fn load_versioned<T: serde::de::DeserializeOwned>(path: &Path, version: u32) -> Result<Option<T>, CheckpointError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(CheckpointError::Io { path: path.to_path_buf(), source: e }),
+    };
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt { path: path.to_path_buf(), msg: e.to_string() })?;
+    let found = v.get("version").and_then(|x| x.as_u64()).unwrap_or(0) as u32;
+    if found != version {
+        return Err(CheckpointError::Version { path: path.to_path_buf(), found, expected: version });
+    }
+    serde_json::from_value(v).map(Some).map_err(|e| CheckpointError::Corrupt { path: path.to_path_buf(), msg: e.to_string() })
+}
+
+/// Writes `value` as JSON to `dir/name` through a temporary file, fsync and rename.
+pub fn save_atomically<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), CheckpointError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e| CheckpointError::Io { path: path.clone(), source: e }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let bytes = serde_json::to_vec(value).map_err(|e| CheckpointError::Corrupt { path: tmp.clone(), msg: e.to_string() })?;
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    let path = dir.join(name);
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }

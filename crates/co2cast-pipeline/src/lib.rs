@@ -13,6 +13,7 @@ pub mod embedded;
 pub mod error;
 pub mod estimates;
 pub mod grid_intensity;
+pub mod kafka_sink;
 pub mod lake;
 pub mod partitioner;
 pub mod province_ensemble;

@@ -21,7 +21,7 @@ use co2cast_model::domain::{Province, Sector};
 use co2cast_model::proxy::Scope;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -258,7 +258,7 @@ pub struct Processor {
     /// Where assigned partitions deliver their messages (holds the consumer too).
     fetch_queue: Arc<FetchQueue>,
     positions: Positions,
-    producer: BaseProducer<DeliveryContext>,
+    producer: Arc<BaseProducer<DeliveryContext>>,
     ckpt: Checkpoint,
     history: Dataset,
     caps: PlausibilityCaps,
@@ -326,34 +326,7 @@ pub fn family_label(f: Option<co2cast_ingest::Topic>) -> &'static str {
     f.map(|t| t.name().strip_prefix("proxy.").unwrap_or(t.name())).unwrap_or("unknown")
 }
 
-/// Delivery reports of the producer: a message the brokers refused for good (after
-/// librdkafka's retries, which never time out here) is counted, and the flush that sent it
-/// fails instead of checkpointing past it.
-#[derive(Default)]
-pub struct DeliveryContext {
-    failed: std::sync::atomic::AtomicU64,
-    last_failure: std::sync::Mutex<Option<String>>,
-}
-
-impl rdkafka::ClientContext for DeliveryContext {
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        let reason = format!("{error}: {reason}");
-        co2cast_metrics::events::BrokerRequestFailed { operation: "produce", error: &reason, domain: co2cast_metrics::ErrorDomain::External, retry_in: None, attempt: 0 }
-            .emit();
-    }
-}
-
-impl rdkafka::producer::ProducerContext for DeliveryContext {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
-        if let Err((e, m)) = result {
-            use rdkafka::Message;
-            self.failed.fetch_add(1, Ordering::AcqRel);
-            *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{} [{}]: {e}", m.topic(), m.partition()));
-        }
-    }
-}
+pub use crate::kafka_sink::DeliveryContext;
 
 /// A province's rows of one year, kept so that a change in one province re-estimates only
 /// that province; national rows are re-summed from the members.
@@ -510,16 +483,7 @@ impl Processor {
             .set("partition.assignment.strategy", "range")
             .create_with_context(GroupContext::new(positions.clone()))
             .map_err(kafka("create consumer"))?;
-        let producer: BaseProducer<DeliveryContext> = ClientConfig::new()
-            .set("bootstrap.servers", &cfg.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("queue.buffering.max.messages", "200000")
-            // Never give a message up while the brokers are away: the checkpoint waits for it.
-            .set("message.timeout.ms", "0")
-            .create_with_context(DeliveryContext::default())
-            .map_err(kafka("create producer"))?;
+        let producer = Arc::new(crate::kafka_sink::producer(&cfg.brokers)?);
         let national_reader = match cfg.role {
             crate::role::Role::All => None,
             crate::role::Role::Province => {
@@ -1282,66 +1246,25 @@ impl Processor {
         }
     }
 
-    fn send(&self, mut rec: BaseRecord<'_, [u8], [u8], ()>) -> Result<(), PipelineError> {
-        let full_since = Instant::now();
-        let mut backoff = crate::retry::Backoff::new(std::time::Duration::from_millis(self.cfg.broker_retry_max_backoff_ms.max(100)));
-        loop {
-            match self.producer.send(rec) {
-                Ok(()) => {
-                    if backoff.attempt > 0 {
-                        co2cast_metrics::events::BrokerRecovered { operation: "produce", outage: full_since.elapsed() }.emit();
-                        self.status.broker_down_since_ms.store(0, Ordering::Release);
-                    }
-                    return Ok(());
-                }
-                Err((e @ rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
-                    rec = r;
-                    // Back-pressure: let the producer drain. Full for over a second, the
-                    // brokers are not taking messages: an outage, retried with backoff.
-                    if full_since.elapsed() < std::time::Duration::from_secs(1) {
-                        self.producer.poll(std::time::Duration::from_millis(20));
-                        continue;
-                    }
-                    if self.stop.load(Ordering::Relaxed) {
-                        return Err(PipelineError::Kafka { context: "produce: stopped while the brokers were not taking messages (the next run publishes them)".into(), source: e });
-                    }
-                    let d = backoff.next_delay();
-                    co2cast_metrics::events::BrokerRequestFailed { operation: "produce", error: &e, domain: co2cast_metrics::ErrorDomain::External, retry_in: Some(d), attempt: backoff.attempt }.emit();
-                    self.mark_broker_down();
-                    self.producer.poll(d);
-                }
-                Err((e, _)) => return Err(PipelineError::Kafka { context: "produce".into(), source: e }),
-            }
+    fn send(&self, rec: BaseRecord<'_, [u8], [u8], ()>) -> Result<(), PipelineError> {
+        let recovered = crate::kafka_sink::send(&self.producer, rec, &self.stop, self.cfg.broker_retry_max_backoff_ms, &|| self.mark_broker_down())?;
+        if recovered {
+            self.status.broker_down_since_ms.store(0, Ordering::Release);
         }
+        Ok(())
     }
 
     /// Waits until every message sent is delivered, retrying with backoff while the brokers
     /// are away. A message refused for good fails the flush: the checkpoint is not written
     /// and a restart publishes again from the previous one.
     fn deliver(&mut self) -> Result<(), PipelineError> {
-        let started = Instant::now();
-        let mut backoff = crate::retry::Backoff::new(std::time::Duration::from_millis(self.cfg.broker_retry_max_backoff_ms.max(100)));
-        while let Err(e) = self.producer.flush(std::time::Duration::from_secs(10)) {
-            if self.stop.load(Ordering::Relaxed) {
-                return Err(PipelineError::Kafka {
-                    context: "flush: stopped while the brokers were unreachable (the state stays at the last checkpoint; the next run publishes what was not delivered)".into(),
-                    source: e,
-                });
-            }
-            let d = backoff.next_delay();
-            co2cast_metrics::events::BrokerRequestFailed { operation: "flush", error: &e, domain: co2cast_metrics::ErrorDomain::External, retry_in: Some(d), attempt: backoff.attempt }.emit();
+        let (producer, stop) = (self.producer.clone(), self.stop.clone());
+        let recovered = crate::kafka_sink::deliver(&producer, &stop, self.cfg.broker_retry_max_backoff_ms, &mut || {
             self.mark_broker_down();
             self.tick();
-            crate::retry::sleep_unless_stopped(d, &self.stop);
-        }
-        if backoff.attempt > 0 {
-            co2cast_metrics::events::BrokerRecovered { operation: "flush", outage: started.elapsed() }.emit();
+        })?;
+        if recovered {
             self.status.broker_down_since_ms.store(0, Ordering::Release);
-        }
-        let failed = self.producer.context().failed.swap(0, Ordering::AcqRel);
-        if failed > 0 {
-            let last = self.producer.context().last_failure.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
-            return Err(PipelineError::Delivery(format!("{failed} messages refused by the brokers (last: {last}); nothing after the last checkpoint is kept")));
         }
         Ok(())
     }
