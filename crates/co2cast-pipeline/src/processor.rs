@@ -426,9 +426,7 @@ impl Processor {
         cfg.validate().map_err(PipelineError::Config)?;
         let watermarks = Watermarks::new(Duration::seconds(cfg.allowed_lateness_s));
         let model = load_model_config(cfg.model_config.as_deref())?;
-        // A state estimated with other model settings is not resumed with these.
-        let model_json = serde_json::to_string(&model).map_err(|e| PipelineError::Internal(format!("model settings: {e}")))?;
-        let settings = format!("{}; model settings {:016x}", cfg.estimate_settings(), crate::estimates::fnv1a(&[model_json.as_bytes()]));
+        let settings = settings_fingerprint(&cfg, &model)?;
         // One writer per state directory and per lake: a second process would interleave
         // checkpoints and lake commits with this one's.
         let mut writer_locks = vec![writer_lock(&cfg.checkpoint_dir, "LOCK", "state directory")?];
@@ -1642,6 +1640,13 @@ impl Processor {
     }
 }
 
+/// What a state depends on besides its input: a state estimated with other settings (model
+/// ones included) is not resumed with these.
+pub(crate) fn settings_fingerprint(cfg: &ProcessorConfig, model: &ModelConfig) -> Result<String, PipelineError> {
+    let model_json = serde_json::to_string(model).map_err(|e| PipelineError::Internal(format!("model settings: {e}")))?;
+    Ok(format!("{}; model settings {:016x}", cfg.estimate_settings(), crate::estimates::fnv1a(&[model_json.as_bytes()])))
+}
+
 /// The model settings at `path` (JSON), or the built-in default.
 pub fn load_model_config(path: Option<&std::path::Path>) -> Result<ModelConfig, PipelineError> {
     let Some(path) = path else { return Ok(ModelConfig::default()) };
@@ -1801,7 +1806,7 @@ fn national_reader_key(topic: &str) -> String {
     format!("{topic}/{}@national", crate::partitioner::NATIONAL_PARTITION)
 }
 
-fn writer_lock(dir: &std::path::Path, name: &str, what: &str) -> Result<std::fs::File, PipelineError> {
+pub(crate) fn writer_lock(dir: &std::path::Path, name: &str, what: &str) -> Result<std::fs::File, PipelineError> {
     use std::io::{Read, Seek, Write};
     let path = dir.join(name);
     let io = |e: std::io::Error| PipelineError::Config(format!("{what} {}: {e}", dir.display()));
