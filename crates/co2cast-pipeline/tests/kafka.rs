@@ -344,3 +344,63 @@ fn a_second_processor_on_the_same_state_or_lake_is_refused() {
         panic!("the lock outlived its processor: {e}");
     }
 }
+
+/// The scaled-out pipeline: three province members in one group share the provinces by
+/// partition, a national stage sums their members, and the result equals the single process:
+/// every provincial and national row, bands included (the national band from member-wise sums
+/// of separately estimated provinces equals the joint band of one process).
+#[test]
+fn province_members_and_a_national_stage_publish_what_one_process_does() {
+    use co2cast_pipeline::role::Role;
+    let (data, records) = sample();
+    let broker = TestBroker::start("t");
+    let brokers = &broker;
+    let member = |name: &str, stop: Arc<AtomicBool>, received: Arc<AtomicU64>| {
+        let cfg = ProcessorConfig { group_id: "stages".into(), role: Role::Province, ..config(brokers, &tempdir(name)) };
+        let data = data.clone();
+        std::thread::spawn(move || {
+            let mut p = Processor::new(cfg, data).unwrap().with_received_counter(received);
+            p.run(stop, false, |_| {}).unwrap()
+        })
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let received: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let members: Vec<_> = (0..3).map(|i| member(&format!("province-{i}"), stop.clone(), received[i].clone())).collect();
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    produce(brokers, &records);
+    // Every member reads the national series itself; the member holding partition 0 reads
+    // them a second time through the group.
+    let national = records.iter().filter(|r| co2cast_pipeline::partitioner::key_scope(&r.key) == Some(co2cast_model::proxy::Scope::National)).count() as u64;
+    assert!(national > 0);
+    let load = |x: &AtomicU64| x.load(std::sync::atomic::Ordering::SeqCst);
+    let t = std::time::Instant::now();
+    while received.iter().map(|r| load(r)).sum::<u64>() < records.len() as u64 + 3 * national {
+        assert!(t.elapsed().as_secs() < 120, "members read {:?} of {} + 3×{national}", received.iter().map(|r| load(r)).collect::<Vec<_>>(), records.len());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let summaries: Vec<_> = members.into_iter().map(|m| m.join().unwrap()).collect();
+    for s in &summaries {
+        assert_eq!(s.counters.received, s.counters.accepted + s.counters.dead_lettered, "the accounting identity holds per member");
+        assert!(s.national.is_empty(), "a province member makes no national rows");
+    }
+    let publishing = summaries.iter().filter(|s| s.counters.estimates_published > 0).count();
+    assert!(publishing >= 2, "the provinces were shared: {} of 3 members published", publishing);
+    // The national stage, on its own state.
+    let cfg = ProcessorConfig { group_id: "stages".into(), role: Role::National, ..config(brokers, &tempdir("national")) };
+    let mut n = co2cast_pipeline::national_stage::NationalStage::new(cfg.clone(), data.clone()).unwrap();
+    let s = n.run(Arc::new(AtomicBool::new(false)), true).unwrap();
+    assert_eq!(s.incomplete_days, 0, "every day had every province");
+    assert!(s.counters.estimates_published > 0 && s.counters.dead_lettered == 0);
+    let two_stage = latest_estimates(brokers);
+    assert!(two_stage.keys().any(|k| k.starts_with("CN/all/")), "national rows published");
+    assert_same_estimates(straight_run(), &two_stage);
+    // Restarted on its checkpoint, the national stage rebuilds its sums and publishes nothing new.
+    drop(n);
+    let before = estimates(brokers).len();
+    let again = co2cast_pipeline::national_stage::NationalStage::new(cfg, data.clone()).unwrap().run(Arc::new(AtomicBool::new(false)), true).unwrap();
+    assert_eq!(again.counters.estimates_published, s.counters.estimates_published);
+    assert_eq!(estimates(brokers).len(), before, "a restart republished rows");
+    drop(broker);
+}
