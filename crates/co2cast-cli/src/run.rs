@@ -3,6 +3,7 @@
 
 use co2cast_pipeline::processor::RunSummary;
 use co2cast_pipeline::replay::{produce_paced, records_from_dataset};
+use co2cast_pipeline::role::Role;
 use co2cast_pipeline::{Processor, ProcessorConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -48,6 +49,12 @@ pub struct Args {
     /// Do not serve SQL while running.
     #[arg(long)]
     no_sql: bool,
+    /// What this process does: `all` (one process: estimates, national totals and the lake);
+    /// or, scaled out over --brokers, `province` (members of one group share the provinces),
+    /// `national` (sums the province members' ensembles into national rows) or `lake` (the one
+    /// lake writer). See docs/pipeline.md, "Scaling out".
+    #[arg(long, default_value = "all")]
+    role: co2cast_pipeline::role::Role,
     #[command(flatten)]
     sql: crate::sql::SqlFlags,
     #[command(flatten)]
@@ -90,6 +97,25 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     } else if brokers.is_none() && cfg.lake_dir.is_none() {
         cfg.lake_dir = Some(PathBuf::from("lake"));
     }
+    cfg.role = a.role;
+    if a.role != Role::All {
+        let Some(b) = &brokers else {
+            return Err(format!("--role {} needs --brokers: the embedded run is one process (--role all)", a.role).into());
+        };
+        cfg.brokers = b.clone();
+        if let Some(d) = &a.state_dir {
+            cfg.checkpoint_dir = d.clone();
+        }
+        match a.role {
+            Role::Lake if cfg.lake_dir.is_none() => return Err("--role lake needs --lake".into()),
+            Role::Province | Role::National if a.lake.is_some() => {
+                return Err(format!("--role {} does not write the lake: run one `co2cast run --role lake --lake DIR` for it", a.role).into());
+            }
+            // A lake named in the settings file is the lake writer's.
+            Role::Province | Role::National => cfg.lake_dir = None,
+            _ => {}
+        }
+    }
     // Not ready until the processor has started and registered its own check.
     co2cast_metrics::health::set_check("processor", || Err("starting (calibrating and joining the consumer group)".into()));
     a.metrics.start(a.quiet)?;
@@ -110,8 +136,24 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         _ => None,
     };
-    let summary = match &brokers {
-        Some(b) => {
+    let summary = match (&brokers, a.role) {
+        (Some(_), Role::National) => {
+            let mut n = co2cast_pipeline::national_stage::NationalStage::new(cfg, history)?;
+            let s = n.run(stop.clone(), a.exit_when_idle)?;
+            report_national(&s, a.json)?;
+            return finish(sql_thread, &stop);
+        }
+        (Some(_), Role::Lake) => {
+            let mut l = co2cast_pipeline::lake_stage::LakeStage::new(cfg, &history)?;
+            let c = l.run(stop.clone(), a.exit_when_idle)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                println!("estimate rows in   {}\n  written          {}\n  not estimate rows {}", c.received, c.written, c.rejected);
+            }
+            return finish(sql_thread, &stop);
+        }
+        (Some(b), _) => {
             cfg.brokers = b.clone();
             if let Some(d) = &a.state_dir {
                 cfg.checkpoint_dir = d.clone();
@@ -119,12 +161,34 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             let mut p = Processor::new(cfg, history)?;
             p.run(stop.clone(), a.exit_when_idle, |_| {})?
         }
-        None => embedded(a.state_dir.clone(), cfg, history, stop.clone(), a.exit_when_idle, a.quiet)?,
+        (None, _) => embedded(a.state_dir.clone(), cfg, history, stop.clone(), a.exit_when_idle, a.quiet)?,
     };
     report(&summary, a.json)?;
+    finish(sql_thread, &stop)
+}
+
+/// Stops the SQL endpoint, if one was started.
+fn finish(sql_thread: Option<std::thread::JoinHandle<Result<(), String>>>, stop: &AtomicBool) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(t) = sql_thread {
         stop.store(true, Ordering::Relaxed);
         t.join().map_err(|_| "SQL thread panicked")??;
+    }
+    Ok(())
+}
+
+fn report_national(s: &co2cast_pipeline::national_stage::NationalSummary, json: bool) -> Result<(), Box<dyn std::error::Error>> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+        return Ok(());
+    }
+    let c = &s.counters;
+    println!("province-days in   {} ({} accepted, {} dead-lettered)", c.received, c.accepted, c.dead_lettered);
+    println!("national rows published {} ({} of them revisions; {} published before every province reported)", c.estimates_published, c.estimate_revisions_published, c.incomplete_days_published);
+    if s.incomplete_days > 0 {
+        println!("incomplete days    {} still lack provinces", s.incomplete_days);
+    }
+    for n in &s.national {
+        println!("national total {} ({} complete days): {:.0} MtCO2, 95% band [{:.0}, {:.0}]", n.year, n.days, n.band.central, n.band.p2_5, n.band.p97_5);
     }
     Ok(())
 }

@@ -425,3 +425,121 @@ fn replay_and_simulate_feed_the_processor_through_the_development_broker() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("error (user)") && err.contains("before the checkpointed offset"), "{err}");
 }
+
+/// A stage of the scaled-out pipeline as its own process (`--exit-when-idle` only when asked).
+fn stage_cmd(brokers: &str, state: &std::path::Path, role: &str, exit_when_idle: bool) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_co2cast"));
+    c.args(["run", "--role", role, "--metrics-listen", "127.0.0.1:0", "--brokers", brokers, "--quiet", "--json", "--members", "60", "--checkpoint-every", "300", "--provinces", PROVINCES, "--no-sql"])
+        .arg("--state-dir")
+        .arg(state)
+        .env("CO2CAST__PROCESSOR__SESSION_TIMEOUT_MS", "3000")
+        .env("CO2CAST__PROCESSOR__HEARTBEAT_INTERVAL_MS", "500")
+        .stdin(Stdio::null());
+    if exit_when_idle {
+        c.arg("--exit-when-idle");
+    }
+    c
+}
+
+/// The newest message of each estimate key, read with kcat (a key's messages share a
+/// partition, which kcat reads in order). Several members may have published a key; the
+/// newest publication is its value.
+fn newest_with_kcat(brokers: &str) -> BTreeMap<String, serde_json::Value> {
+    let out = Command::new("kcat")
+        .args(["-b", brokers, "-C", "-t", "co2cast.estimates.daily", "-e", "-q", "-K", "\t", "-o", "beginning"])
+        .output()
+        .expect("kcat is installed (the README's test command installs it)");
+    assert!(out.status.success(), "kcat: {}", String::from_utf8_lossy(&out.stderr));
+    let rows = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let (k, v) = line.split_once('\t').unwrap();
+            (k.to_string(), serde_json::from_str(v).unwrap())
+        })
+        .collect();
+    strip_vintage(rows)
+}
+
+fn checkpoint_json(state: &std::path::Path) -> serde_json::Value {
+    std::fs::read(state.join("checkpoint.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(serde_json::Value::Null)
+}
+
+/// Three province members, a national stage and a lake writer as separate processes on one
+/// broker, fed by the replay's partitioner. One member is SIGKILLed mid-stream and restarted,
+/// another stops for good and the others take its partitions. The final estimates, provincial
+/// and national, in Kafka and in the lake, equal those of one uninterrupted process.
+#[test]
+fn scaled_out_stages_survive_sigkill_and_a_member_leaving_and_match_one_process() {
+    let records = sample();
+    let produce = |brokers: &str| {
+        produce_paced(brokers, &co2cast_pipeline::TopicNames::default(), &records, u64::MAX, None, Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false))).unwrap()
+    };
+    let reference = {
+        let (_broker, brokers) = start_broker();
+        produce(&brokers);
+        let out = run_cmd(&brokers, &tempdir("scale-reference")).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        newest_with_kcat(&brokers)
+    };
+    assert!(reference.keys().any(|k| k.starts_with("CN/all/")));
+    let (_broker, brokers) = start_broker();
+    produce(&brokers);
+    // Messages per proxy partition, as the partitioner placed them.
+    let mut ends: BTreeMap<String, i64> = BTreeMap::new();
+    for r in &records {
+        let p = co2cast_pipeline::partitioner::partition_for_key(&r.key, co2cast_pipeline::embedded::PARTITIONS).unwrap();
+        *ends.entry(format!("{}/{p}", r.topic.name())).or_insert(0) += 1;
+    }
+    let states: Vec<PathBuf> = (0..3).map(|i| tempdir(&format!("scale-member-{i}"))).collect();
+    let spawn = |i: usize| KillOnDrop(stage_cmd(&brokers, &states[i], "province", false).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap());
+    let mut members: Vec<Option<KillOnDrop>> = (0..3).map(|i| Some(spawn(i))).collect();
+    let t = std::time::Instant::now();
+    while !states.iter().all(|s| sequence(s) > 0) {
+        assert!(t.elapsed().as_secs() < 90, "every member checkpoints: {:?}", states.iter().map(|s| sequence(s)).collect::<Vec<_>>());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Member 0 killed mid-stream, member 2 stopped for good (SIGTERM: it checkpoints and leaves).
+    members[0].take().unwrap().0.kill().unwrap();
+    let mut m2 = members[2].take().unwrap();
+    assert!(Command::new("kill").args(["-TERM", &m2.0.id().to_string()]).status().unwrap().success());
+    let status = m2.0.wait().unwrap();
+    assert!(status.success(), "a stopped member exits cleanly");
+    members[0] = Some(spawn(0));
+    // Settled: between them, the two live members have read every partition to its end, and
+    // neither has checkpointed for a few seconds.
+    let live = [&states[0], &states[1]];
+    let (mut last, mut since) = (Vec::new(), std::time::Instant::now());
+    loop {
+        assert!(t.elapsed().as_secs() < 240, "the live members settle");
+        let cks: Vec<serde_json::Value> = live.iter().map(|s| checkpoint_json(s)).collect();
+        let read_all = ends.iter().all(|(k, end)| cks.iter().any(|c| c["offsets"][k].as_i64() == Some(*end)));
+        let seqs: Vec<u64> = live.iter().map(|s| sequence(s)).collect();
+        if seqs != last {
+            (last, since) = (seqs, std::time::Instant::now());
+        }
+        if read_all && since.elapsed() > std::time::Duration::from_secs(6) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    for m in members.iter_mut().flatten() {
+        assert!(Command::new("kill").args(["-TERM", &m.0.id().to_string()]).status().unwrap().success());
+        assert!(m.0.wait().unwrap().success());
+    }
+    for (i, s) in states.iter().enumerate() {
+        let c = &checkpoint_json(s)["counters"];
+        assert_eq!(c["received"].as_u64(), Some(c["accepted"].as_u64().unwrap() + c["dead_lettered"].as_u64().unwrap()), "member {i}: in = accepted + DLQ");
+        assert!(checkpoint_json(s)["national"].as_object().unwrap().is_empty(), "member {i} made national rows");
+    }
+    let national = stage_cmd(&brokers, &tempdir("scale-national"), "national", true).output().unwrap();
+    assert!(national.status.success(), "{}", String::from_utf8_lossy(&national.stderr));
+    let n: serde_json::Value = serde_json::from_slice(&national.stdout).unwrap();
+    assert_eq!(n["incomplete_days"], 0, "{n}");
+    let lake = tempdir("scale-lake");
+    let lake_run = stage_cmd(&brokers, &tempdir("scale-lake-state"), "lake", true).arg("--lake").arg(&lake).output().unwrap();
+    assert!(lake_run.status.success(), "{}", String::from_utf8_lossy(&lake_run.stderr));
+    let scaled = newest_with_kcat(&brokers);
+    assert_same(&reference, &scaled);
+    assert_same(&reference, &latest_in_lake(&lake));
+}

@@ -81,7 +81,7 @@ pub struct NationalYear {
 }
 
 /// A new lineage identity: distinct for every checkpoint line ever started.
-fn new_lineage() -> String {
+pub(crate) fn new_lineage() -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in nanos.to_le_bytes().into_iter().chain(std::process::id().to_le_bytes()) {

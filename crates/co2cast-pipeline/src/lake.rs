@@ -69,7 +69,9 @@ impl LakeSink {
             for (r, at) in rows_from_batch(&b).map_err(crate::error::PipelineError::Lake)? {
                 let month = latest.entry((r.date.year(), r.date.month())).or_default();
                 let id = row_id(&r);
-                if month.get(&id).is_none_or(|(old, _)| old.revision <= r.revision) {
+                // The newest vintage: a province that changed members is published again by its
+                // new one, whose revision count is its own.
+                if month.get(&id).is_none_or(|(old, old_at)| (*old_at, old.revision) <= (at, r.revision)) {
                     month.insert(id, (r, at));
                 }
             }

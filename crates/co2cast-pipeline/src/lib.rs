@@ -15,6 +15,7 @@ pub mod estimates;
 pub mod grid_intensity;
 pub mod kafka_sink;
 pub mod lake;
+pub mod lake_stage;
 pub mod national_stage;
 pub mod partitioner;
 pub mod province_ensemble;

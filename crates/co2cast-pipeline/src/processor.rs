@@ -183,6 +183,9 @@ impl Default for ProcessorConfig {
     }
 }
 
+/// A published fingerprint no row has: the next computation of the row is a new revision.
+const FORCE_REPUBLISH: crate::estimates::Fingerprint = [i64::MIN; 10];
+
 /// The furthest `nowcast_months_beyond_data` may reach.
 pub const MAX_NOWCAST_MONTHS_BEYOND_DATA: u32 = 12;
 
@@ -1284,9 +1287,13 @@ impl Processor {
         let (mut rows, mut years) = (0u64, 0usize);
         let owned = self.owned_provinces();
         if let Some(owned) = &owned
-            && self.owned_before.len() != owned.len()
+            && self.owned_before.iter().ne(owned.iter())
         {
             tracing::info!(message = "Provinces owned.", provinces = owned.len(), role = %self.cfg.role);
+            if self.cfg.role == crate::role::Role::Province {
+                let gained: Vec<Province> = owned.iter().copied().filter(|p| !self.owned_before.contains(p)).collect();
+                self.republish(&gained);
+            }
             self.owned_before = owned.iter().copied().collect();
         }
         // Owed work this member can do now (a province member owes the rest until it holds them).
@@ -1355,6 +1362,35 @@ impl Processor {
         self.oldest_unflushed = None;
         self.last_flush_cost = started.elapsed();
         Ok(())
+    }
+
+    /// Province stage: provinces this member has just been given may have been published by
+    /// another member since it last estimated them (from part of their input, if that member
+    /// held them only a while). It re-estimates them and publishes every row again as a new
+    /// revision, after the other member's, so that the newest message of each key is right.
+    fn republish(&mut self, gained: &[Province]) {
+        if gained.is_empty() {
+            return;
+        }
+        for year in self.ckpt.estimated_years.clone() {
+            for p in gained {
+                self.ckpt.dirty.entry(year).or_insert(Dirty::Provinces(0)).add(Scope::Province(*p));
+            }
+        }
+        let prefixes: Vec<String> = gained.iter().map(|p| format!("{}/", p.iso_code())).collect();
+        for store in [&mut self.ckpt.published, &mut self.ckpt.published_ensemble, &mut self.ckpt.published_grid_intensity] {
+            for (key, (_, fingerprint)) in store.rows.iter_mut() {
+                if prefixes.iter().any(|x| key.starts_with(x.as_str())) {
+                    *fingerprint = FORCE_REPUBLISH;
+                }
+            }
+        }
+        // The year caches hold rows computed before the gap.
+        for p in gained {
+            for c in self.cache.values_mut() {
+                c.provinces.remove(p);
+            }
+        }
     }
 
     /// Re-estimates a year's dirty provinces and publishes the rows that changed; returns
