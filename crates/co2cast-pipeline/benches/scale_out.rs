@@ -96,19 +96,19 @@ fn produce(r: &Round, records: &[ProxyRecord]) {
     p.flush(Duration::from_secs(60)).unwrap();
 }
 
-/// Province members running in threads; `last_flush` is when any of them last finished one.
+/// Province members running in threads; per member, when its last flush ended and the
+/// messages received up to it.
 struct Members {
     stop: Arc<AtomicBool>,
     received: Vec<Arc<AtomicU64>>,
-    last_flush: Arc<Mutex<Instant>>,
+    flushed: Vec<Arc<Mutex<(Instant, u64)>>>,
     threads: Vec<std::thread::JoinHandle<co2cast_pipeline::RunSummary>>,
     dirs: Vec<std::path::PathBuf>,
 }
 
 fn start_members(r: &Round, n: usize, data: &co2cast_data::Dataset) -> Members {
     let stop = Arc::new(AtomicBool::new(false));
-    let last_flush = Arc::new(Mutex::new(Instant::now()));
-    let mut m = Members { stop: stop.clone(), received: Vec::new(), last_flush: last_flush.clone(), threads: Vec::new(), dirs: Vec::new() };
+    let mut m = Members { stop: stop.clone(), received: Vec::new(), flushed: Vec::new(), threads: Vec::new(), dirs: Vec::new() };
     for i in 0..n {
         let dir = std::env::temp_dir().join(format!("co2cast-scale-{}-{n}-{i}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -122,11 +122,13 @@ fn start_members(r: &Round, n: usize, data: &co2cast_data::Dataset) -> Members {
             ..ProcessorConfig::default()
         };
         let received = Arc::new(AtomicU64::new(0));
-        let (data, stop, last_flush, rc) = (data.clone(), stop.clone(), last_flush.clone(), received.clone());
+        let flushed = Arc::new(Mutex::new((Instant::now(), 0)));
+        let (data, stop, f, rc) = (data.clone(), stop.clone(), flushed.clone(), received.clone());
         m.threads.push(std::thread::spawn(move || {
             let mut p = Processor::new(cfg, data).unwrap().with_received_counter(rc);
-            p.run(stop, false, |_| *last_flush.lock().unwrap() = Instant::now()).unwrap()
+            p.run(stop, false, |c| *f.lock().unwrap() = (Instant::now(), c.received)).unwrap()
         }));
+        m.flushed.push(flushed);
         m.received.push(received);
         m.dirs.push(dir);
     }
@@ -146,9 +148,11 @@ impl Members {
             assert!(t.elapsed() < Duration::from_secs(900), "members read {} of {expected}", self.received());
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Until the flushes have covered every message and none has ended for `quiet`.
         loop {
-            let last = *self.last_flush.lock().unwrap();
-            if last.elapsed() >= quiet {
+            let flushed: Vec<(Instant, u64)> = self.flushed.iter().map(|f| *f.lock().unwrap()).collect();
+            let last = flushed.iter().map(|f| f.0).max().expect("members");
+            if flushed.iter().map(|f| f.1).sum::<u64>() >= expected && last.elapsed() >= quiet {
                 return last;
             }
             std::thread::sleep(Duration::from_millis(20));
