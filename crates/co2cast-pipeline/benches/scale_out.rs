@@ -198,6 +198,32 @@ fn main() {
     for &n in &counts {
         let r = round(&format!("scale{n}"));
         let members = start_members(&r, n, &data);
+        let national_stage = (n == 3 && samples > 0).then(|| {
+            // The national stage runs beside the members from the start, as deployed: the
+            // development broker keeps a bounded log, so it could not rebuild later.
+            let stop = Arc::new(AtomicBool::new(false));
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let read = {
+                let (b, t, s, seen) = (r.brokers.clone(), r.topics.estimates_daily.clone(), stop.clone(), seen.clone());
+                std::thread::spawn(move || reader(b, t, s, seen))
+            };
+            let ndir = std::env::temp_dir().join(format!("co2cast-scale-national-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&ndir);
+            let ncfg = ProcessorConfig {
+                brokers: r.brokers.clone(),
+                topics: r.topics.clone(),
+                group_id: "scale-3".into(),
+                checkpoint_dir: ndir.clone(),
+                role: Role::National,
+                ensemble_members: MEMBERS,
+                ..ProcessorConfig::default()
+            };
+            let national_thread = {
+                let (data, stop) = (data.clone(), stop.clone());
+                std::thread::spawn(move || NationalStage::new(ncfg, data).unwrap().run(stop, false).unwrap())
+            };
+            (stop, seen, read, national_thread, ndir)
+        });
         // Let the group settle before the input arrives.
         std::thread::sleep(Duration::from_secs(6));
         let t0 = Instant::now();
@@ -210,8 +236,7 @@ fn main() {
         if n == 1 {
             one_member = Some(rate);
         }
-        let keep_for_latency = n == 3 && samples > 0;
-        if !keep_for_latency {
+        let Some((stop, seen, read, national_thread, ndir)) = national_stage else {
             let summaries = members.stop();
             let published: u64 = summaries.iter().map(|s| s.counters.estimates_published).sum();
             println!(
@@ -220,36 +245,14 @@ fn main() {
                 rate / n as f64
             );
             continue;
-        }
+        };
         println!(
-            "{{\"bench\":\"province_stage_throughput\",\"members\":{n},\"messages\":{},\"seconds\":{secs:.2},\"messages_per_s\":{rate:.0},\"messages_per_s_per_member\":{:.0},\"ratio_to_one_member\":{ratio:.2}}}",
+            "{{\"bench\":\"province_stage_throughput\",\"members\":{n},\"national_stage_beside\":true,\"messages\":{},\"seconds\":{secs:.2},\"messages_per_s\":{rate:.0},\"messages_per_s_per_member\":{:.0},\"ratio_to_one_member\":{ratio:.2}}}",
             records.len(),
             rate / n as f64
         );
-        // National latency: the national stage sums what the members published, then revised
-        // daily thermal generation arrives at 10× the real-time rate.
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let read = {
-            let (b, t, s, seen) = (r.brokers.clone(), r.topics.estimates_daily.clone(), stop.clone(), seen.clone());
-            std::thread::spawn(move || reader(b, t, s, seen))
-        };
-        let ndir = std::env::temp_dir().join(format!("co2cast-scale-national-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&ndir);
-        let ncfg = ProcessorConfig {
-            brokers: r.brokers.clone(),
-            topics: r.topics.clone(),
-            group_id: "scale-3".into(),
-            checkpoint_dir: ndir.clone(),
-            role: Role::National,
-            ensemble_members: MEMBERS,
-            ..ProcessorConfig::default()
-        };
-        let national_thread = {
-            let (data, stop) = (data.clone(), stop.clone());
-            std::thread::spawn(move || NationalStage::new(ncfg, data).unwrap().run(stop, false).unwrap())
-        };
-        // Until the national rows have settled.
+        // Then revised daily thermal generation arrives at 10× the real-time rate, once the
+        // national rows have settled.
         loop {
             let n = seen.lock().unwrap().iter().filter(|(k, _)| k.starts_with("CN/all/")).count();
             std::thread::sleep(Duration::from_secs(3));

@@ -32,10 +32,31 @@ pub struct ProvinceDayEnsemble {
     pub source_type: SourceType,
     /// Month of proxy data behind each component, with its MtCO2/day (for `data_through`).
     pub data_months: Vec<(YearMonth, f64)>,
-    /// Member sums over sectors, MtCO2/day, in member order.
+    /// Member sums over sectors, MtCO2/day, in member order; in JSON the members' IEEE 754
+    /// little-endian bytes in base64 (exact, and under half the size of decimal numbers).
+    #[serde(rename = "members_mtco2_f64le_base64", with = "f64_base64")]
     pub members_mtco2: Vec<f64>,
     /// 0 for the first publication of the key, +1 for each change.
     pub revision: u32,
+}
+
+mod f64_base64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+        let text = String::deserialize(d)?;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(text).map_err(serde::de::Error::custom)?;
+        if bytes.len() % 8 != 0 {
+            return Err(serde::de::Error::custom(format!("{} bytes of members: not a whole number of f64", bytes.len())));
+        }
+        Ok(bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+    }
 }
 
 impl ProvinceDayEnsemble {
@@ -126,5 +147,9 @@ mod tests {
         bad.province = "CN-XX".into();
         assert!(bad.check(3).is_err());
         assert!(serde_json::from_str::<ProvinceDayEnsemble>(r#"{"province":"CN-HE","surprise":1}"#).is_err());
+        let json = serde_json::to_string(&d).unwrap();
+        assert!(json.contains("\"members_mtco2_f64le_base64\":\""), "{json}");
+        let truncated = json.replace(&serde_json::to_value(&d).unwrap()["members_mtco2_f64le_base64"].as_str().unwrap()[..8], "");
+        assert!(serde_json::from_str::<ProvinceDayEnsemble>(&truncated).is_err(), "members that are not whole f64s are refused");
     }
 }

@@ -393,7 +393,7 @@ fn province_members_and_a_national_stage_publish_what_one_process_does() {
     let s = n.run(Arc::new(AtomicBool::new(false)), true).unwrap();
     assert_eq!(s.incomplete_days, 0, "every day had every province");
     assert!(s.counters.estimates_published > 0 && s.counters.dead_lettered == 0);
-    let two_stage = latest_estimates(brokers);
+    let two_stage = newest_estimates(brokers);
     assert!(two_stage.keys().any(|k| k.starts_with("CN/all/")), "national rows published");
     assert_same_estimates(straight_run(), &two_stage);
     // Restarted on its checkpoint, the national stage rebuilds its sums and publishes nothing new.
@@ -402,5 +402,60 @@ fn province_members_and_a_national_stage_publish_what_one_process_does() {
     let again = co2cast_pipeline::national_stage::NationalStage::new(cfg, data.clone()).unwrap().run(Arc::new(AtomicBool::new(false)), true).unwrap();
     assert_eq!(again.counters.estimates_published, s.counters.estimates_published);
     assert_eq!(estimates(brokers).len(), before, "a restart republished rows");
+    drop(broker);
+}
+
+/// A rebalance while national input is arriving changes nothing: two province members read
+/// the provincial series, then the national series arrive in slices while a third member
+/// joins (every member's provinces and national partition reads are reassigned under way).
+#[test]
+fn a_rebalance_while_national_input_arrives_changes_nothing() {
+    use co2cast_pipeline::role::Role;
+    let (data, records) = sample();
+    let broker = TestBroker::start("t");
+    let brokers = &broker;
+    let is_national = |r: &ProxyRecord| co2cast_pipeline::partitioner::key_scope(&r.key) == Some(co2cast_model::proxy::Scope::National);
+    let (national, provincial): (Vec<ProxyRecord>, Vec<ProxyRecord>) = records.iter().cloned().partition(|r| is_national(r));
+    let stop = Arc::new(AtomicBool::new(false));
+    let received: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let member = |i: usize| {
+        let cfg = ProcessorConfig { group_id: "rebalance".into(), role: Role::Province, ..config(brokers, &tempdir(&format!("rebalance-{i}"))) };
+        let (data, stop, rc) = (data.clone(), stop.clone(), received[i].clone());
+        std::thread::spawn(move || Processor::new(cfg, data).unwrap().with_received_counter(rc).run(stop, false, |_| {}).unwrap())
+    };
+    let mut members = vec![member(0), member(1)];
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    produce(brokers, &provincial);
+    let slices: Vec<&[ProxyRecord]> = national.chunks(national.len().div_ceil(4)).collect();
+    for (i, slice) in slices.iter().enumerate() {
+        produce(brokers, slice);
+        if i == 1 {
+            members.push(member(2));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(700));
+    }
+    // Settled: nothing new read for a while after the third member joined and read its share.
+    let load = |x: &AtomicU64| x.load(std::sync::atomic::Ordering::SeqCst);
+    let (mut last, mut since, t) = (0, std::time::Instant::now(), std::time::Instant::now());
+    loop {
+        let now: u64 = received.iter().map(|r| load(r)).sum();
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        }
+        if load(&received[2]) > 0 && since.elapsed().as_secs() >= 8 {
+            break;
+        }
+        assert!(t.elapsed().as_secs() < 180, "the members settle");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for m in members {
+        let s = m.join().unwrap();
+        assert_eq!(s.counters.received, s.counters.accepted + s.counters.dead_lettered);
+    }
+    let cfg = ProcessorConfig { group_id: "rebalance".into(), role: Role::National, ..config(brokers, &tempdir("rebalance-national")) };
+    let s = co2cast_pipeline::national_stage::NationalStage::new(cfg, data.clone()).unwrap().run(Arc::new(AtomicBool::new(false)), true).unwrap();
+    assert_eq!(s.incomplete_days, 0);
+    assert_same_estimates(straight_run(), &newest_estimates(brokers));
     drop(broker);
 }
