@@ -48,6 +48,9 @@ pub struct Metrics {
     pub estimate_revised: IntCounterVec,
     pub estimate_freshness: AgeGauge,
     pub estimate_reestimation_duration: Histogram,
+    // Scaled-out stages.
+    pub member_sums_dead_lettered: IntCounter,
+    pub lake_writer_rejected: IntCounter,
     pub estimate_flush_rows: Histogram,
     pub grid_intensity_published: IntCounter,
     pub grid_intensity_revised: IntCounter,
@@ -91,6 +94,10 @@ impl Metrics {
             broker_up: IntGauge::new("co2cast_broker_up", "1 while the brokers answer, 0 during an outage.").expect("valid metric definition"),
             checkpoint_writes: IntCounter::new("co2cast_checkpoint_writes_total", "Checkpoints written (offsets, state and publications together).").expect("valid metric definition"),
             checkpoint_errors: IntCounter::new("co2cast_checkpoint_errors_total", "Checkpoints that could not be written.").expect("valid metric definition"),
+            member_sums_dead_lettered: IntCounter::new("co2cast_member_sums_dead_lettered_messages_total", "Province member-sum messages the national stage could not read, sent to the dead-letter topic.")
+                .expect("valid metric definition"),
+            lake_writer_rejected: IntCounter::new("co2cast_lake_writer_rejected_messages_total", "Messages of the estimates topic the lake writer could not read as rows (kept out of the lake).")
+                .expect("valid metric definition"),
             checkpoint_duration: histogram("co2cast_checkpoint_duration_seconds", "Time to write a checkpoint.", SECONDS_FAST),
             checkpoint_age: AgeGauge::new("co2cast_checkpoint_age_seconds", "Time since the last checkpoint was written.", None),
             estimate_published: counter("co2cast_estimate_published_rows_total", "Daily estimate rows published (new rows and revisions).", &["sector"]),
@@ -125,6 +132,8 @@ impl Metrics {
                 Box::new(self.broker_up.clone()),
                 Box::new(self.checkpoint_writes.clone()),
                 Box::new(self.checkpoint_errors.clone()),
+                Box::new(self.member_sums_dead_lettered.clone()),
+                Box::new(self.lake_writer_rejected.clone()),
                 Box::new(self.checkpoint_duration.clone()),
                 Box::new(self.checkpoint_age.clone()),
                 Box::new(self.estimate_published.clone()),

@@ -163,7 +163,7 @@ impl LakeStage {
             Ok(r) => self.buffer.push(r),
             Err(e) => {
                 self.ckpt.counters.rejected += 1;
-                tracing::warn!(message = "Not an estimate row; kept out of the lake.", topic = %self.cfg.topics.estimates_daily, partition, offset, error = %e);
+                co2cast_metrics::events::LakeWriterRejected { error: &e, topic: &self.cfg.topics.estimates_daily, partition, offset }.emit();
             }
         }
     }

@@ -290,7 +290,7 @@ impl NationalStage {
             Err(reason) => {
                 self.ckpt.counters.dead_lettered += 1;
                 let topic = self.cfg.topics.ensemble_province.clone();
-                co2cast_metrics::events::ProxyMessageDeadLettered { family: "ensemble", code: "invalid_field", reason: &reason, topic: &topic, partition, offset }.emit();
+                co2cast_metrics::events::MemberSumsDeadLettered { reason: &reason, topic: &topic, partition, offset }.emit();
                 let headers = OwnedHeaders::new()
                     .insert(Header { key: "source_topic", value: Some(&topic) })
                     .insert(Header { key: "source_partition", value: Some(&partition.to_string()) })

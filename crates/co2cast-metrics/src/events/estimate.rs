@@ -48,3 +48,33 @@ impl FlushCompleted {
         m.estimate_flush_rows.observe(self.rows as f64);
     }
 }
+
+/// A member-sum message the national stage could not read: dead-lettered, logged and counted.
+pub struct MemberSumsDeadLettered<'a> {
+    pub reason: &'a str,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl MemberSumsDeadLettered<'_> {
+    pub fn emit(self) {
+        tracing::warn!(message = "Member sums dead-lettered.", reason = self.reason, topic = self.topic, partition = self.partition, offset = self.offset);
+        metrics().member_sums_dead_lettered.inc();
+    }
+}
+
+/// A message of the estimates topic the lake writer could not read as a row.
+pub struct LakeWriterRejected<'a> {
+    pub error: &'a str,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl LakeWriterRejected<'_> {
+    pub fn emit(self) {
+        tracing::warn!(message = "Not an estimate row; kept out of the lake.", error = self.error, topic = self.topic, partition = self.partition, offset = self.offset);
+        metrics().lake_writer_rejected.inc();
+    }
+}

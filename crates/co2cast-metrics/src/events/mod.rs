@@ -9,7 +9,7 @@ mod sql;
 
 pub use broker::{BrokerRecovered, BrokerRequestFailed};
 pub use checkpoint::{CheckpointFailed, CheckpointWritten};
-pub use estimate::{EstimatesPublished, FlushCompleted, GridIntensityPublished};
+pub use estimate::{EstimatesPublished, FlushCompleted, GridIntensityPublished, LakeWriterRejected, MemberSumsDeadLettered};
 pub use proxy::{ProxyMessageDeadLettered, ProxyMessagesHandled};
 pub use sql::{SqlConnectionRefused, SqlQueryAnswered};
 
