@@ -5,6 +5,7 @@
 use crate::error::PipelineError;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -37,8 +38,58 @@ impl rdkafka::producer::ProducerContext for DeliveryContext {
     }
 }
 
+/// The Kafka topics a stage writes (estimates, member sums, grid intensity, the DLQ), through
+/// one idempotent producer.
+pub struct KafkaSink {
+    producer: BaseProducer<DeliveryContext>,
+    stop: Arc<AtomicBool>,
+    max_backoff_ms: u64,
+    /// Readiness, marked down while the brokers take no messages (the processor's).
+    status: Option<Arc<crate::readiness::ProcessorStatus>>,
+}
+
+impl KafkaSink {
+    pub fn new(brokers: &str, max_backoff_ms: u64, status: Option<Arc<crate::readiness::ProcessorStatus>>) -> Result<KafkaSink, PipelineError> {
+        Ok(KafkaSink { producer: producer(brokers)?, stop: Arc::new(AtomicBool::new(false)), max_backoff_ms, status })
+    }
+
+    /// The run's stop flag: retries give up once it is set.
+    pub fn set_stop(&mut self, stop: Arc<AtomicBool>) {
+        self.stop = stop;
+    }
+
+    pub fn send(&self, rec: BaseRecord<'_, [u8], [u8], ()>) -> Result<(), PipelineError> {
+        if send(&self.producer, rec, &self.stop, self.max_backoff_ms, &|| self.mark_down())? {
+            self.mark_up();
+        }
+        Ok(())
+    }
+
+    fn mark_down(&self) {
+        if let Some(s) = &self.status {
+            let _ = s.broker_down_since_ms.compare_exchange(0, crate::readiness::unix_ms(), Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
+    fn mark_up(&self) {
+        if let Some(s) = &self.status {
+            s.broker_down_since_ms.store(0, Ordering::Release);
+        }
+    }
+}
+
+impl crate::sink::Sink for KafkaSink {
+    /// Every message sent is delivered (see [`deliver`]).
+    fn barrier(&mut self, _checkpoint: u64) -> Result<(), PipelineError> {
+        if deliver(&self.producer, &self.stop, self.max_backoff_ms, &mut || self.mark_down())? {
+            self.mark_up();
+        }
+        Ok(())
+    }
+}
+
 /// The producer of a stage.
-pub fn producer(brokers: &str) -> Result<BaseProducer<DeliveryContext>, PipelineError> {
+fn producer(brokers: &str) -> Result<BaseProducer<DeliveryContext>, PipelineError> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -54,7 +105,7 @@ pub fn producer(brokers: &str) -> Result<BaseProducer<DeliveryContext>, Pipeline
 /// Sends one message, waiting while the local queue is full; full for over a second, the
 /// brokers are not taking messages: retried with backoff (`on_outage` each time) until `stop`.
 /// Returns whether it recovered from an outage.
-pub fn send(
+fn send(
     producer: &BaseProducer<DeliveryContext>,
     mut rec: BaseRecord<'_, [u8], [u8], ()>,
     stop: &AtomicBool,
@@ -93,7 +144,7 @@ pub fn send(
 /// The delivery barrier: waits until every message sent is delivered, retrying with backoff
 /// while the brokers are away (`on_wait` each time). A message refused for good fails it, so
 /// the caller does not checkpoint past it. Returns whether it recovered from an outage.
-pub fn deliver(producer: &BaseProducer<DeliveryContext>, stop: &AtomicBool, max_backoff_ms: u64, on_wait: &mut dyn FnMut()) -> Result<bool, PipelineError> {
+fn deliver(producer: &BaseProducer<DeliveryContext>, stop: &AtomicBool, max_backoff_ms: u64, on_wait: &mut dyn FnMut()) -> Result<bool, PipelineError> {
     let started = Instant::now();
     let mut backoff = crate::retry::Backoff::new(Duration::from_millis(max_backoff_ms.max(100)));
     while let Err(e) = producer.flush(Duration::from_secs(10)) {

@@ -288,6 +288,13 @@ impl LakeSink {
     }
 }
 
+impl crate::sink::Sink for LakeSink {
+    /// The lake commit of the flush: its files and the manifest naming them.
+    fn barrier(&mut self, checkpoint: u64) -> Result<(), crate::error::PipelineError> {
+        self.commit(checkpoint)
+    }
+}
+
 /// One line of the comparison table: an estimated annual total against one reference.
 pub struct ComparisonLine {
     pub province: String,

@@ -178,7 +178,7 @@ impl LakeStage {
             let at = DateTime::<Utc>::from_timestamp_micros(at).unwrap_or_else(Utc::now);
             self.ckpt.sequence += 1;
             self.lake.published(&rows, at, self.ckpt.sequence);
-            self.lake.commit(self.ckpt.sequence)?;
+            crate::sink::Sink::barrier(&mut self.lake, self.ckpt.sequence)?;
             self.ckpt.counters.written += rows.len() as u64;
         }
         self.ckpt.offsets = self.next.clone();

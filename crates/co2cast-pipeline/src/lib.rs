@@ -25,6 +25,7 @@ pub mod replay;
 pub mod retry;
 pub mod role;
 pub mod simulate;
+pub mod sink;
 pub mod source;
 pub mod topics;
 

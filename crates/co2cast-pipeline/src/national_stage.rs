@@ -12,7 +12,6 @@
 use crate::checkpoint::NationalYear;
 use crate::error::PipelineError;
 use crate::estimates::{EstimateRow, Published, Revisioned, batch_to_json_lines, to_batch};
-use crate::kafka_sink::DeliveryContext;
 use crate::province_ensemble::ProvinceDayEnsemble;
 use crate::processor::ProcessorConfig;
 use chrono::{Datelike, NaiveDate, Utc};
@@ -22,7 +21,7 @@ use co2cast_model::domain::{Province, Sector};
 use co2cast_model::estimate::{Band, SourceType};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord};
+use rdkafka::producer::BaseRecord;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -72,7 +71,7 @@ pub struct NationalSummary {
 pub struct NationalStage {
     cfg: ProcessorConfig,
     consumer: Arc<BaseConsumer>,
-    producer: Arc<BaseProducer<DeliveryContext>>,
+    kafka: crate::kafka_sink::KafkaSink,
     ckpt: NationalCheckpoint,
     history: Dataset,
     model: ModelConfig,
@@ -129,13 +128,13 @@ impl NationalStage {
             .create()
             .map_err(|source| PipelineError::Kafka { context: "create consumer".into(), source })?;
         let consumer = Arc::new(consumer);
-        let producer = Arc::new(crate::kafka_sink::producer(&cfg.brokers)?);
+        let kafka = crate::kafka_sink::KafkaSink::new(&cfg.brokers, cfg.broker_retry_max_backoff_ms, None)?;
         co2cast_metrics::enable(co2cast_metrics::Role::Processor, env!("CARGO_PKG_VERSION"), co2cast_model::estimate::MODEL_VERSION);
         Ok(NationalStage {
             rebuild_until: ckpt.offsets.clone(),
             cfg,
             consumer,
-            producer,
+            kafka,
             ckpt,
             history,
             model,
@@ -207,6 +206,7 @@ impl NationalStage {
     /// end and input has been quiet for `idle_after_ms`.
     pub fn run(&mut self, stop: Arc<AtomicBool>, exit_when_idle: bool) -> Result<NationalSummary, PipelineError> {
         self.stop = stop.clone();
+        self.kafka.set_stop(stop.clone());
         if !self.assign()? {
             return Ok(self.summary());
         }
@@ -301,8 +301,7 @@ impl NationalStage {
                 if let Some(k) = key {
                     rec = rec.key(k);
                 }
-                crate::kafka_sink::send(&self.producer, rec, &self.stop, self.cfg.broker_retry_max_backoff_ms, &|| {})?;
-                Ok(())
+                self.kafka.send(rec)
             }
         }
     }
@@ -387,7 +386,7 @@ impl NationalStage {
             let lines = batch_to_json_lines(&batch).map_err(|e| PipelineError::Internal(format!("encoding estimates as JSON: {e}")))?;
             for (k, json) in keys.iter().zip(lines) {
                 let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.cfg.topics.estimates_daily).key(k.as_bytes()).payload(&json);
-                crate::kafka_sink::send(&self.producer, rec, &self.stop, self.cfg.broker_retry_max_backoff_ms, &|| {})?;
+                self.kafka.send(rec)?;
             }
             let revisions = changed.iter().filter(|r| r.revision > 0).count() as u64;
             let c = &mut self.ckpt.counters;
@@ -414,8 +413,7 @@ impl NationalStage {
                 self.ckpt.national.insert(year, NationalYear { year, days: n, band: Band::from_members(central, &annual) });
             }
         }
-        let producer = self.producer.clone();
-        crate::kafka_sink::deliver(&producer, &self.stop, self.cfg.broker_retry_max_backoff_ms, &mut || {})?;
+        crate::sink::Sink::barrier(&mut self.kafka, self.ckpt.sequence + 1)?;
         self.ckpt.offsets = self.next.clone();
         self.ckpt.sequence += 1;
         let writing = Instant::now();

@@ -79,6 +79,10 @@ pub struct GroupContext {
     pub assigned: AtomicUsize,
     /// Which they are (topic, partition).
     assignment: Mutex<Vec<(String, i32)>>,
+    /// Held by the processor for a whole flush; a revocation waits for it, so that everything
+    /// this member publishes from partitions it is losing is delivered before another member
+    /// can be given them (and publish after it).
+    pub flush_gate: Mutex<()>,
     /// Partitions of all proxy topics (known at start).
     pub total_partitions: AtomicUsize,
     /// When partitions were last assigned: input cannot be called quiet before they had time to deliver.
@@ -97,6 +101,7 @@ impl GroupContext {
             positions,
             assigned: AtomicUsize::new(0),
             assignment: Mutex::new(Vec::new()),
+            flush_gate: Mutex::new(()),
             total_partitions: AtomicUsize::new(0),
             assigned_at: Mutex::new(None),
             fetch_queue: AtomicPtr::new(std::ptr::null_mut()),
@@ -216,6 +221,7 @@ impl ConsumerContext for GroupContext {
                 tracing::info!(message = "Partitions assigned.", partitions = n);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let _flush_done = self.flush_gate.lock().unwrap_or_else(|e| e.into_inner());
                 self.set_assignment(Vec::new());
                 if let Err(e) = consumer.unassign() {
                     tracing::error!(message = "Partition revocation failed.", error = %e);

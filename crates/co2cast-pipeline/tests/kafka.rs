@@ -368,13 +368,27 @@ fn province_members_and_a_national_stage_publish_what_one_process_does() {
     let members: Vec<_> = (0..3).map(|i| member(&format!("province-{i}"), stop.clone(), received[i].clone())).collect();
     std::thread::sleep(std::time::Duration::from_secs(6));
     produce(brokers, &records);
+    // A revised Hebei value on a partition that is not Hebei's: dead-lettered, so the member
+    // owning that partition does not estimate from part of Hebei's input.
+    let hebei = records.iter().find(|r| r.key.contains("/CN-HE/")).unwrap();
+    let mut revised: serde_json::Value = serde_json::from_str(&hebei.payload).unwrap();
+    revised["revision"] = 99.into();
+    revised["value"] = (revised["value"].as_f64().unwrap() * 2.0).into();
+    {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let p: BaseProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers.brokers).create().unwrap();
+        let home = co2cast_pipeline::partitioner::partition_for_key(&hebei.key, co2cast_pipeline::embedded::PARTITIONS).unwrap();
+        let payload = revised.to_string();
+        p.send(BaseRecord::to(brokers.topics.proxy(hebei.topic)).key(&hebei.key).payload(&payload).partition((home + 1) % co2cast_pipeline::embedded::PARTITIONS)).unwrap();
+        p.flush(std::time::Duration::from_secs(10)).unwrap();
+    }
     // Every member reads the national series itself; the member holding partition 0 reads
     // them a second time through the group.
     let national = records.iter().filter(|r| co2cast_pipeline::partitioner::key_scope(&r.key) == Some(co2cast_model::proxy::Scope::National)).count() as u64;
     assert!(national > 0);
     let load = |x: &AtomicU64| x.load(std::sync::atomic::Ordering::SeqCst);
     let t = std::time::Instant::now();
-    while received.iter().map(|r| load(r)).sum::<u64>() < records.len() as u64 + 3 * national {
+    while received.iter().map(|r| load(r)).sum::<u64>() < records.len() as u64 + 3 * national + 1 {
         assert!(t.elapsed().as_secs() < 120, "members read {:?} of {} + 3×{national}", received.iter().map(|r| load(r)).collect::<Vec<_>>(), records.len());
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -385,6 +399,8 @@ fn province_members_and_a_national_stage_publish_what_one_process_does() {
         assert_eq!(s.counters.received, s.counters.accepted + s.counters.dead_lettered, "the accounting identity holds per member");
         assert!(s.national.is_empty(), "a province member makes no national rows");
     }
+    let wrong: u64 = summaries.iter().map(|s| s.counters.dead_lettered_by_code.get("wrong_partition").copied().unwrap_or(0)).sum();
+    assert_eq!(wrong, 1, "the message on another province's partition is dead-lettered");
     let publishing = summaries.iter().filter(|s| s.counters.estimates_published > 0).count();
     assert!(publishing >= 2, "the provinces were shared: {} of 3 members published", publishing);
     // The national stage, on its own state.

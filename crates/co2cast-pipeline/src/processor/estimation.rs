@@ -290,7 +290,7 @@ impl Processor {
         for e in &self.ckpt.published_ensemble.diff(sums) {
             let json = serde_json::to_vec(e).map_err(|e| PipelineError::Internal(format!("encoding member sums as JSON: {e}")))?;
             let key = crate::estimates::Revisioned::key(e);
-            self.send(BaseRecord::to(&self.cfg.topics.ensemble_province).key(key.as_bytes()).payload(&json))?;
+            self.kafka.send(BaseRecord::to(&self.cfg.topics.ensemble_province).key(key.as_bytes()).payload(&json))?;
         }
         let changed = self.ckpt.published.diff(out);
         let grid_changed = self.ckpt.published_grid_intensity.diff(grid.clone());
@@ -318,7 +318,7 @@ impl Processor {
             for (r, json) in grid_changed.iter().zip(lines) {
                 let key = r.key();
                 let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.cfg.topics.grid_intensity_daily).key(key.as_bytes()).payload(&json);
-                self.send(rec)?;
+                self.kafka.send(rec)?;
             }
             let revisions = grid_changed.iter().filter(|r| r.revision > 0).count() as u64;
             let c = &mut self.ckpt.counters;
@@ -382,7 +382,7 @@ impl Processor {
         let lines = batch_to_json_lines(&batch).map_err(|e| PipelineError::Internal(format!("encoding estimates as JSON: {e}")))?;
         for (k, json) in keys.iter().zip(lines) {
             let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.cfg.topics.estimates_daily).key(k.as_bytes()).payload(&json);
-            self.send(rec)?;
+            self.kafka.send(rec)?;
         }
         Ok(keys.len() as u64)
     }

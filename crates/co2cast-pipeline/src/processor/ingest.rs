@@ -268,7 +268,7 @@ impl Processor {
                 if let Some(k) = key {
                     rec = rec.key(k);
                 }
-                self.send(rec)
+                self.kafka.send(rec)
             }
         }
     }

@@ -21,7 +21,7 @@ use co2cast_model::domain::{Province, Sector};
 use co2cast_model::proxy::Scope;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord};
+use rdkafka::producer::BaseRecord;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -268,7 +268,8 @@ pub struct Processor {
     /// Where assigned partitions deliver their messages (holds the consumer too).
     fetch_queue: Arc<FetchQueue>,
     positions: Positions,
-    producer: Arc<BaseProducer<DeliveryContext>>,
+    /// The estimates, member sums, grid intensity and DLQ topics.
+    kafka: crate::kafka_sink::KafkaSink,
     ckpt: Checkpoint,
     history: Dataset,
     caps: PlausibilityCaps,
@@ -398,7 +399,6 @@ impl Processor {
             .set("partition.assignment.strategy", "range")
             .create_with_context(GroupContext::new(positions.clone()))
             .map_err(kafka("create consumer"))?;
-        let producer = Arc::new(crate::kafka_sink::producer(&cfg.brokers)?);
         let national_reader = match cfg.role {
             crate::role::Role::All => None,
             crate::role::Role::Province => {
@@ -438,13 +438,14 @@ impl Processor {
         for (sector, day) in &newest_published {
             co2cast_metrics::state::set_newest_published_day_end(sector, day_end_unix_s(*day));
         }
+        let kafka = crate::kafka_sink::KafkaSink::new(&cfg.brokers, cfg.broker_retry_max_backoff_ms, Some(status.clone()))?;
         let p = Processor {
             lake,
             cfg,
             fetch_queue: Arc::new(FetchQueue::new(consumer.clone())),
             consumer,
             positions,
-            producer,
+            kafka,
             ckpt,
             history,
             caps,
@@ -667,6 +668,7 @@ impl Processor {
         mut on_progress: impl FnMut(&crate::checkpoint::Counters),
     ) -> Result<RunSummary, PipelineError> {
         self.stop = stop.clone();
+        self.kafka.set_stop(stop.clone());
         let summary = |p: &Self| RunSummary {
             counters: p.ckpt.counters.clone(),
             national: p.ckpt.national.values().cloned().collect(),
@@ -770,29 +772,6 @@ impl Processor {
         Ok(())
     }
 
-    fn send(&self, rec: BaseRecord<'_, [u8], [u8], ()>) -> Result<(), PipelineError> {
-        let recovered = crate::kafka_sink::send(&self.producer, rec, &self.stop, self.cfg.broker_retry_max_backoff_ms, &|| self.mark_broker_down())?;
-        if recovered {
-            self.status.broker_down_since_ms.store(0, Ordering::Release);
-        }
-        Ok(())
-    }
-
-    /// Waits until every message sent is delivered, retrying with backoff while the brokers
-    /// are away. A message refused for good fails the flush: the checkpoint is not written
-    /// and a restart publishes again from the previous one.
-    fn deliver(&mut self) -> Result<(), PipelineError> {
-        let (producer, stop) = (self.producer.clone(), self.stop.clone());
-        let recovered = crate::kafka_sink::deliver(&producer, &stop, self.cfg.broker_retry_max_backoff_ms, &mut || {
-            self.mark_broker_down();
-            self.tick();
-        })?;
-        if recovered {
-            self.status.broker_down_since_ms.store(0, Ordering::Release);
-        }
-        Ok(())
-    }
-
     /// Re-estimates what changed, publishes changed rows, then checkpoints offsets and state.
     /// A member holding only some of the partitions has part of the inputs: it checkpoints
     /// but holds estimates back until it owns every partition.
@@ -807,6 +786,9 @@ impl Processor {
         let started = Instant::now();
         self.flush_started_at = Utc::now();
         self.emit_family_counts();
+        // The partitions owned cannot be revoked while this flush publishes from them.
+        let consumer = self.consumer.clone();
+        let _gate = consumer.context().flush_gate.lock().unwrap_or_else(|e| e.into_inner());
         let (mut rows, mut years) = (0u64, 0usize);
         let owned = self.owned_provinces();
         if let Some(owned) = &owned
@@ -850,13 +832,15 @@ impl Processor {
             self.nowcast_deferred = false;
             tracing::debug!(message = "Estimates held back: this member holds none of the provinces they are owed for.", assigned = self.assigned_partitions());
         }
-        self.deliver()?;
+        // The flush is a checkpoint barrier for every sink, in order: Kafka (estimates, member
+        // sums, grid intensity, DLQ), then the lake.
+        crate::sink::Sink::barrier(&mut self.kafka, self.ckpt.sequence + 1)?;
         if years > 0 {
             co2cast_metrics::events::FlushCompleted { reestimation: started.elapsed(), rows, years }.emit();
         }
         // The lake commit carries the number of the checkpoint written next.
         if let Some(l) = &mut self.lake {
-            l.commit(self.ckpt.sequence + 1)?;
+            crate::sink::Sink::barrier(l, self.ckpt.sequence + 1)?;
         }
         let writing = Instant::now();
         if let Err(e) = self.ckpt.save(&self.cfg.checkpoint_dir) {
