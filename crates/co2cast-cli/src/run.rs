@@ -185,7 +185,8 @@ fn report_national(s: &co2cast_pipeline::national_stage::NationalSummary, json: 
     println!("province-days in   {} ({} accepted, {} dead-lettered)", c.received, c.accepted, c.dead_lettered);
     println!("national rows published {} ({} of them revisions; {} published before every province reported)", c.estimates_published, c.estimate_revisions_published, c.incomplete_days_published);
     if s.incomplete_days > 0 {
-        println!("incomplete days    {} still lack provinces", s.incomplete_days);
+        let first = s.first_incomplete.as_ref().map(|(d, missing)| format!(" (the first, {d}, lacks {})", missing.join(", "))).unwrap_or_default();
+        println!("incomplete days    {} still lack provinces{first}", s.incomplete_days);
     }
     for n in &s.national {
         println!("national total {} ({} complete days): {:.0} MtCO2, 95% band [{:.0}, {:.0}]", n.year, n.days, n.band.central, n.band.p2_5, n.band.p97_5);

@@ -66,6 +66,8 @@ pub struct NationalSummary {
     pub checkpoints: u64,
     /// Days whose newest publication still lacks provinces.
     pub incomplete_days: usize,
+    /// The first of them, with the provinces it lacks.
+    pub first_incomplete: Option<(NaiveDate, Vec<String>)>,
 }
 
 pub struct NationalStage {
@@ -247,6 +249,15 @@ impl NationalStage {
             national: self.ckpt.national.values().cloned().collect(),
             checkpoints: self.ckpt.sequence,
             incomplete_days: self.incomplete.len(),
+            first_incomplete: self.incomplete.first().map(|d| {
+                let have = self.sums.get(d);
+                let base = have.and_then(|h| h.values().next()).map(|e| e.base_year);
+                let missing = base
+                    .and_then(|b| self.expected.get(&b))
+                    .map(|exp| exp.iter().filter(|p| !have.is_some_and(|h| h.contains_key(*p))).map(|p| p.iso_code().to_string()).collect())
+                    .unwrap_or_default();
+                (*d, missing)
+            }),
         }
     }
 

@@ -471,7 +471,7 @@ fn a_rebalance_while_national_input_arrives_changes_nothing() {
     }
     let cfg = ProcessorConfig { group_id: "rebalance".into(), role: Role::National, ..config(brokers, &tempdir("rebalance-national")) };
     let s = co2cast_pipeline::national_stage::NationalStage::new(cfg, data.clone()).unwrap().run(Arc::new(AtomicBool::new(false)), true).unwrap();
-    assert_eq!(s.incomplete_days, 0);
+    assert_eq!(s.incomplete_days, 0, "{:?}", s.first_incomplete);
     assert_same_estimates(straight_run(), &newest_estimates(brokers));
     drop(broker);
 }

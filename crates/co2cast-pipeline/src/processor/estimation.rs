@@ -87,6 +87,22 @@ impl Processor {
         Some(last_day.max(bound.min(shanghai_day(&self.now()))))
     }
 
+    /// Years up to the end of estimates that were never estimated nor owed are owed whole. The
+    /// end moves into a new year with data of the year before (a nowcast quarter), and the
+    /// messages that move it may all have been marked before it moved.
+    pub(super) fn mark_years_the_end_reached(&mut self) {
+        let Some(end) = self.estimate_end() else { return };
+        let Some(first) = self.ckpt.estimated_years.iter().chain(self.ckpt.dirty.keys()).min().copied() else { return };
+        for year in first..=end.year() {
+            if !self.ckpt.estimated_years.contains(&year)
+                && !self.ckpt.dirty.contains_key(&year)
+                && co2cast_model::estimate::base_year_for(year, &self.inventory_years).is_some()
+            {
+                self.ckpt.dirty.insert(year, Dirty::All);
+            }
+        }
+    }
+
     /// The days `estimate_end` adds past the latest day any signal reached.
     pub(super) fn nowcast_beyond_data(&self) -> Option<(NaiveDate, NaiveDate)> {
         let last_day = self.latest_data_day()?;

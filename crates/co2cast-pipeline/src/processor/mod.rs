@@ -801,6 +801,7 @@ impl Processor {
             }
             self.owned_before = owned.iter().copied().collect();
         }
+        self.mark_years_the_end_reached();
         // Owed work this member can do now (a province member owes the rest until it holds them).
         let doable = |d: &Dirty| owned.as_ref().is_some_and(|o| o.iter().any(|p| d.includes(*p)));
         if owned.is_some() {
