@@ -82,7 +82,10 @@ pub fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         cfg.checkpoint_every_messages = 3_000;
     }
     if let Some(n) = a.checkpoint_every {
-        cfg.checkpoint_every_messages = n.max(1);
+        if n == 0 {
+            return Err("--checkpoint-every must be at least 1 message".into());
+        }
+        cfg.checkpoint_every_messages = n;
     }
     if let Some(p) = &a.provinces {
         for x in p {

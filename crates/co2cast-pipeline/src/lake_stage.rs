@@ -114,6 +114,8 @@ impl LakeStage {
             self.next.entry(p).or_insert(0);
         }
         self.consumer.assign(&tpl).map_err(|source| PipelineError::Kafka { context: "assign".into(), source })?;
+        co2cast_metrics::state::set_broker_up(true);
+        co2cast_metrics::health::set_check("processor", || Ok(()));
         Ok(true)
     }
 
@@ -128,7 +130,7 @@ impl LakeStage {
         while !stop.load(Ordering::Relaxed) {
             match consumer.poll(ms(self.cfg.poll_timeout_ms.max(1))) {
                 Some(Ok(m)) => {
-                    self.handle(m.partition(), m.offset(), m.payload());
+                    self.handle(m.partition(), m.offset(), m.key(), m.payload());
                     last_message = Instant::now();
                 }
                 Some(Err(e)) => {
@@ -140,7 +142,9 @@ impl LakeStage {
             if self.buffer.len() as u64 >= self.cfg.checkpoint_every_messages || (quiet && self.next != self.ckpt.offsets) {
                 self.flush()?;
             }
-            if exit_when_idle && last_message.elapsed() >= ms(self.cfg.idle_after_ms) && self.next == self.ckpt.offsets && self.caught_up() {
+            // Idle once something was read: a writer started beside the stages waits for them.
+            let read_any = self.next.values().any(|o| *o > 0);
+            if exit_when_idle && read_any && last_message.elapsed() >= ms(self.cfg.idle_after_ms) && self.next == self.ckpt.offsets && self.caught_up() {
                 break;
             }
         }
@@ -156,10 +160,14 @@ impl LakeStage {
         })
     }
 
-    fn handle(&mut self, partition: i32, offset: i64, payload: Option<&[u8]>) {
+    fn handle(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) {
         self.next.insert(partition, offset + 1);
         self.ckpt.counters.received += 1;
-        match payload.ok_or_else(|| "empty payload".to_string()).and_then(row_from_json) {
+        let row = payload.ok_or_else(|| "empty payload".to_string()).and_then(row_from_json).and_then(|(r, at)| {
+            check_row(&r, key)?;
+            Ok((r, at))
+        });
+        match row {
             Ok(r) => self.buffer.push(r),
             Err(e) => {
                 self.ckpt.counters.rejected += 1;
@@ -185,6 +193,24 @@ impl LakeStage {
         crate::checkpoint::save_atomically(&self.cfg.checkpoint_dir, CHECKPOINT_FILE, &self.ckpt)?;
         Ok(())
     }
+}
+
+/// What the lake relies on: the message key is the row's, the scope and sector are known
+/// (`CN` with `all`), the values are finite.
+fn check_row(r: &EstimateRow, key: Option<&[u8]>) -> Result<(), String> {
+    let k = r.key();
+    if key != Some(k.as_bytes()) {
+        return Err(format!("key `{}` is not the row's ({k})", String::from_utf8_lossy(key.unwrap_or_default())));
+    }
+    let parsed: crate::estimates::RowKey = k.parse()?;
+    if (parsed.scope == co2cast_model::proxy::Scope::National) != parsed.sector.is_none() {
+        return Err(format!("{k}: national rows and only they are of sector `all`"));
+    }
+    let values = [r.value_mtco2, r.p2_5, r.p5, r.p50, r.p95, r.p97_5, r.coverage];
+    if !values.iter().all(|x| x.is_finite()) || !(0.0..=1.0).contains(&r.coverage) {
+        return Err(format!("{k}: a value is not finite, or coverage is outside 0–1"));
+    }
+    Ok(())
 }
 
 /// An estimate row and its vintage (µs) from a message of `co2cast.estimates.daily`, read with
@@ -225,7 +251,16 @@ mod tests {
         };
         let at = DateTime::<Utc>::from_timestamp_micros(1_700_000_000_123_456).unwrap();
         let line = crate::estimates::batch_to_json_lines(&crate::estimates::to_batch(std::slice::from_ref(&row), at)).unwrap().remove(0);
-        assert_eq!(row_from_json(&line), Ok((row, at.timestamp_micros())));
+        assert_eq!(row_from_json(&line), Ok((row.clone(), at.timestamp_micros())));
+        assert_eq!(check_row(&row, Some(b"CN-HE/power/2019-05-06")), Ok(()));
+        assert!(check_row(&row, Some(b"CN-HE/power/2019-05-07")).is_err(), "a key that is not the row's");
+        assert!(check_row(&row, None).is_err());
+        let mut national_power = row.clone();
+        national_power.province = "CN".into();
+        assert!(check_row(&national_power, Some(b"CN/power/2019-05-06")).is_err());
+        let mut unknown = row.clone();
+        unknown.province = "CN-ZZ".into();
+        assert!(check_row(&unknown, Some(b"CN-ZZ/power/2019-05-06")).is_err());
         assert!(row_from_json(b"{\"date\":\"2019-05-06\"}").is_err());
         assert!(row_from_json(b"not json").is_err());
     }

@@ -90,6 +90,8 @@ pub struct NationalStage {
     /// Provinces with an estimate, per base year (those the calibration scales).
     expected: BTreeMap<i32, BTreeSet<Province>>,
     since_flush: u64,
+    /// Of the settings the estimates depend on (sums made with others are refused).
+    settings_fingerprint: String,
     stop: Arc<AtomicBool>,
     _lock: std::fs::File,
 }
@@ -146,6 +148,7 @@ impl NationalStage {
             next: BTreeMap::new(),
             expected: BTreeMap::new(),
             since_flush: 0,
+            settings_fingerprint: crate::province_ensemble::settings_fingerprint(&settings),
             stop: Arc::new(AtomicBool::new(false)),
             _lock: lock,
         })
@@ -197,7 +200,15 @@ impl NationalStage {
             self.next.insert(*p, 0);
         }
         self.consumer.assign(&tpl).map_err(|source| PipelineError::Kafka { context: "assign".into(), source })?;
+        co2cast_metrics::state::set_broker_up(true);
+        co2cast_metrics::health::set_check("processor", || Ok(()));
         Ok(true)
+    }
+
+    /// Today in Asia/Shanghai (`now_override` when set): no estimate runs past it.
+    fn today(&self) -> NaiveDate {
+        let now = self.cfg.now_override.as_deref().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&Utc)).unwrap_or_else(Utc::now);
+        co2cast_model::calendar::shanghai_day(&now)
     }
 
     fn rebuilding(&self) -> bool {
@@ -233,7 +244,9 @@ impl NationalStage {
             if self.since_flush >= self.cfg.checkpoint_every_messages || (quiet && (self.since_flush > 0 || !self.pending.is_empty())) {
                 self.flush(quiet)?;
             }
-            if exit_when_idle && last_message.elapsed() >= ms(self.cfg.idle_after_ms) && self.since_flush == 0 && self.caught_up() {
+            // Idle once something was read: a stage started beside its members waits for them.
+            let read_any = self.next.values().any(|o| *o > 0);
+            if exit_when_idle && read_any && last_message.elapsed() >= ms(self.cfg.idle_after_ms) && self.since_flush == 0 && self.caught_up() {
                 break;
             }
         }
@@ -280,13 +293,36 @@ impl NationalStage {
             .ok_or_else(|| "empty payload".to_string())
             .and_then(|p| serde_json::from_slice::<ProvinceDayEnsemble>(p).map_err(|e| format!("not a province-day member sum: {e}")))
             .and_then(|e| {
+                if e.settings_fingerprint != self.settings_fingerprint {
+                    return Ok(Err(e.settings_fingerprint));
+                }
                 let p = e.check(self.cfg.ensemble_members)?;
                 let k = e.key();
                 if key.is_some_and(|key| key != k.as_bytes()) {
                     return Err(format!("key `{}` does not name the message's province and day ({k})", String::from_utf8_lossy(key.unwrap_or_default())));
                 }
-                Ok((p, e))
+                let base = co2cast_model::estimate::base_year_for(e.date.year(), &self.history.inventory.years());
+                if base != Some(e.base_year) {
+                    return Err(format!("{k}: base year {} is not the inventory year a {} estimate is calibrated on ({base:?})", e.base_year, e.date.year()));
+                }
+                if e.date > self.today() {
+                    return Err(format!("{k}: a day after today"));
+                }
+                if !self.expected(e.base_year).map_err(|err| err.to_string())?.contains(&p) {
+                    return Err(format!("{k}: not a province this pipeline estimates (provinces: {})", self.cfg.provinces.as_ref().map_or("all".into(), |v| v.join(","))));
+                }
+                Ok(Ok((p, e)))
             });
+        let parsed = match parsed {
+            Ok(Err(theirs)) => {
+                return Err(PipelineError::Config(format!(
+                    "member sums in {} were made with other settings (fingerprint {theirs}, this stage's {}): run the national stage with the province members' settings (provinces, members, seed, model)",
+                    self.cfg.topics.ensemble_province, self.settings_fingerprint
+                )));
+            }
+            Ok(Ok(x)) => Ok(x),
+            Err(e) => Err(e),
+        };
         match parsed {
             Ok((p, e)) => {
                 if !replayed {

@@ -38,6 +38,18 @@ pub struct ProvinceDayEnsemble {
     pub members_mtco2: Vec<f64>,
     /// 0 for the first publication of the key, +1 for each change.
     pub revision: u32,
+    /// Hash of the settings the province stage estimated with (provinces, members, seed,
+    /// model): the national stage refuses sums made with settings other than its own.
+    pub settings_fingerprint: String,
+}
+
+/// The largest province-day value accepted, MtCO2/day (China emits about 30 a day; its
+/// largest province under 3).
+pub const MAX_PROVINCE_DAY_MTCO2: f64 = 50.0;
+
+/// The settings fingerprint of a settings string (see `settings_fingerprint`).
+pub fn settings_fingerprint(settings: &str) -> String {
+    format!("{:016x}", fnv1a(&[settings.as_bytes()]))
 }
 
 mod f64_base64 {
@@ -70,12 +82,13 @@ impl ProvinceDayEnsemble {
         if self.members_mtco2.len() != members {
             return Err(format!("{}: {} members, the pipeline draws {members}", self.key(), self.members_mtco2.len()));
         }
-        let finite = self.central_mtco2.is_finite()
-            && self.coverage_weighted_mtco2.is_finite()
-            && self.members_mtco2.iter().all(|x| x.is_finite())
-            && self.data_months.iter().all(|(_, w)| w.is_finite());
-        if !finite {
-            return Err(format!("{}: a value is not finite", self.key()));
+        let plausible = |x: f64| x.is_finite() && (-1.0..=MAX_PROVINCE_DAY_MTCO2).contains(&x);
+        let ok = plausible(self.central_mtco2)
+            && plausible(self.coverage_weighted_mtco2)
+            && self.members_mtco2.iter().all(|x| plausible(*x))
+            && self.data_months.iter().all(|(_, w)| plausible(*w));
+        if !ok {
+            return Err(format!("{}: a value is not finite or outside -1 to {MAX_PROVINCE_DAY_MTCO2} MtCO2/day", self.key()));
         }
         Ok(p)
     }
@@ -124,6 +137,7 @@ mod tests {
             data_months: vec![(YearMonth::new(2019, 2), 0.5), (YearMonth::new(2018, 12), 1.0 / 6.0)],
             members_mtco2: vec![0.1 + 0.2, 1e-300, 0.7],
             revision: 2,
+            settings_fingerprint: settings_fingerprint("model 1; provinces all"),
         }
     }
 
@@ -144,6 +158,11 @@ mod tests {
         let mut bad = d.clone();
         bad.central_mtco2 = f64::NAN;
         assert!(bad.check(3).is_err());
+        for x in [1.7e308, -1e6, 51.0] {
+            let mut bad = d.clone();
+            bad.members_mtco2[0] = x;
+            assert!(bad.check(3).is_err(), "{x} MtCO2/day in a province-day is refused");
+        }
         bad.province = "CN-XX".into();
         assert!(bad.check(3).is_err());
         assert!(serde_json::from_str::<ProvinceDayEnsemble>(r#"{"province":"CN-HE","surprise":1}"#).is_err());

@@ -412,6 +412,11 @@ fn province_members_and_a_national_stage_publish_what_one_process_does() {
     let two_stage = newest_estimates(brokers);
     assert!(two_stage.keys().any(|k| k.starts_with("CN/all/")), "national rows published");
     assert_same_estimates(straight_run(), &two_stage);
+    // A national stage with other settings (here another ensemble size) refuses the sums.
+    let other = ProcessorConfig { ensemble_members: 61, ..cfg.clone() };
+    let other = ProcessorConfig { checkpoint_dir: tempdir("national-other"), ..other };
+    let refused = co2cast_pipeline::national_stage::NationalStage::new(other, data.clone()).unwrap().run(Arc::new(AtomicBool::new(false)), true);
+    assert!(matches!(&refused, Err(co2cast_pipeline::processor::PipelineError::Config(m)) if m.contains("other settings")), "{:?}", refused.err());
     // Restarted on its checkpoint, the national stage rebuilds its sums and publishes nothing new.
     drop(n);
     let before = estimates(brokers).len();

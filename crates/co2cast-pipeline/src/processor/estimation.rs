@@ -239,6 +239,7 @@ impl Processor {
                         data_months: py.data_months[i].clone(),
                         members_mtco2: py.members.iter().map(|m| m[i]).collect(),
                         revision: 0,
+                        settings_fingerprint: crate::province_ensemble::settings_fingerprint(&self.ckpt.settings),
                     });
                 }
             }
