@@ -229,8 +229,9 @@ fn main() {
             };
             (stop, seen, read, national_thread, ndir)
         });
-        // Let the group settle before the input arrives.
-        std::thread::sleep(Duration::from_secs(6));
+        // Let the group settle before the input arrives (a member that joins later moves
+        // provinces mid-run, and the round then measures a rebalance too).
+        std::thread::sleep(Duration::from_secs(10));
         let t0 = Instant::now();
         produce(&r, &records);
         // Every member reads the national series itself; the holder of partition 0 twice.
