@@ -65,6 +65,17 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// Estimate rows of one vintage, one JSON message each, keyed by row.
+    pub fn publish_estimates(&self, topic: &str, rows: &[crate::estimates::EstimateRow], computed_at: chrono::DateTime<chrono::Utc>) -> Result<(), PipelineError> {
+        let batch = crate::estimates::to_batch(rows, computed_at);
+        let lines = crate::estimates::batch_to_json_lines(&batch).map_err(|e| PipelineError::Internal(format!("encoding estimates as JSON: {e}")))?;
+        for (r, json) in rows.iter().zip(lines) {
+            let key = r.key();
+            self.send(BaseRecord::to(topic).key(key.as_bytes()).payload(&json))?;
+        }
+        Ok(())
+    }
+
     fn mark_down(&self) {
         if let Some(s) = &self.status {
             let _ = s.broker_down_since_ms.compare_exchange(0, crate::readiness::unix_ms(), Ordering::AcqRel, Ordering::Acquire);

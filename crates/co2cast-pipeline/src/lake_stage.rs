@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use co2cast_data::Dataset;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -75,15 +75,7 @@ impl LakeStage {
         });
         let mut lake = crate::lake::LakeSink::open(&dir, ckpt.sequence, &ckpt.lineage, None)?;
         lake.write_inventory(&history.inventory, ckpt.sequence)?;
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &cfg.brokers)
-            .set("group.id", format!("{}.lake", cfg.group_id))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
-            .create()
-            .map_err(|source| PipelineError::Kafka { context: "create consumer".into(), source })?;
+        let consumer = crate::source::assigned_reader(&cfg.brokers, &format!("{}.lake", cfg.group_id), cfg.fetch_wait_max_ms)?;
         co2cast_metrics::enable(co2cast_metrics::Role::Processor, env!("CARGO_PKG_VERSION"), co2cast_model::estimate::MODEL_VERSION);
         Ok(LakeStage { next: ckpt.offsets.clone(), cfg, consumer: Arc::new(consumer), lake, ckpt, buffer: Vec::new(), _locks: locks })
     }

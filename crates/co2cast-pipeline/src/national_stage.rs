@@ -11,7 +11,7 @@
 
 use crate::checkpoint::NationalYear;
 use crate::error::PipelineError;
-use crate::estimates::{EstimateRow, Published, Revisioned, batch_to_json_lines, to_batch};
+use crate::estimates::{EstimateRow, Published, Revisioned};
 use crate::province_ensemble::ProvinceDayEnsemble;
 use crate::processor::ProcessorConfig;
 use chrono::{Datelike, NaiveDate, Utc};
@@ -22,7 +22,7 @@ use co2cast_model::estimate::{Band, SourceType};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -103,7 +103,7 @@ impl NationalStage {
             return Err(PipelineError::Config("the national stage does not write the lake: run one `co2cast run --role lake` for it".into()));
         }
         let model = crate::processor::load_model_config(cfg.model_config.as_deref())?;
-        let settings = crate::processor::settings_fingerprint(&cfg, &model)?;
+        let settings = crate::processor::estimate_settings_with_model(&cfg, &model)?;
         let lock = crate::processor::writer_lock(&cfg.checkpoint_dir, "LOCK", "state directory")?;
         let path = cfg.checkpoint_dir.join(CHECKPOINT_FILE);
         let ckpt = crate::checkpoint::load_versioned::<NationalCheckpoint>(&path, NATIONAL_CHECKPOINT_VERSION)?.unwrap_or_else(|| NationalCheckpoint {
@@ -122,16 +122,7 @@ impl NationalStage {
                 ckpt.settings
             )));
         }
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &cfg.brokers)
-            .set("group.id", format!("{}.national", cfg.group_id))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
-            .create()
-            .map_err(|source| PipelineError::Kafka { context: "create consumer".into(), source })?;
-        let consumer = Arc::new(consumer);
+        let consumer = Arc::new(crate::source::assigned_reader(&cfg.brokers, &format!("{}.national", cfg.group_id), cfg.fetch_wait_max_ms)?);
         let kafka = crate::kafka_sink::KafkaSink::new(&cfg.brokers, cfg.broker_retry_max_backoff_ms, None)?;
         co2cast_metrics::enable(co2cast_metrics::Role::Processor, env!("CARGO_PKG_VERSION"), co2cast_model::estimate::MODEL_VERSION);
         Ok(NationalStage {
@@ -207,8 +198,7 @@ impl NationalStage {
 
     /// Today in Asia/Shanghai (`now_override` when set): no estimate runs past it.
     fn today(&self) -> NaiveDate {
-        let now = self.cfg.now_override.as_deref().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&Utc)).unwrap_or_else(Utc::now);
-        co2cast_model::calendar::shanghai_day(&now)
+        co2cast_model::calendar::shanghai_day(&self.cfg.now())
     }
 
     fn rebuilding(&self) -> bool {
@@ -428,13 +418,7 @@ impl NationalStage {
         }
         let changed = self.ckpt.published.diff(rows);
         if !changed.is_empty() {
-            let keys: Vec<String> = changed.iter().map(|r| r.key()).collect();
-            let batch = to_batch(&changed, computed_at);
-            let lines = batch_to_json_lines(&batch).map_err(|e| PipelineError::Internal(format!("encoding estimates as JSON: {e}")))?;
-            for (k, json) in keys.iter().zip(lines) {
-                let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.cfg.topics.estimates_daily).key(k.as_bytes()).payload(&json);
-                self.kafka.send(rec)?;
-            }
+            self.kafka.publish_estimates(&self.cfg.topics.estimates_daily, &changed, computed_at)?;
             let revisions = changed.iter().filter(|r| r.revision > 0).count() as u64;
             let c = &mut self.ckpt.counters;
             c.estimates_published += changed.len() as u64;

@@ -603,3 +603,18 @@ fn hand_over(batch: &mut MessageBatch, tx: &SyncSender<MessageBatch>, recycled: 
         .unwrap_or_default();
     tx.send(std::mem::replace(batch, next)).is_ok()
 }
+
+/// A consumer that reads partitions by assignment, outside any group balancing (the province
+/// stage's national partitions, the national stage, the lake writer). `group` only names it for
+/// lag monitoring; offsets are the caller's checkpoint.
+pub fn assigned_reader(brokers: &str, group: &str, fetch_wait_max_ms: u64) -> Result<BaseConsumer, crate::error::PipelineError> {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", fetch_wait_max_ms.to_string())
+        .create()
+        .map_err(|source| crate::error::PipelineError::Kafka { context: format!("create the reader {group}"), source })
+}

@@ -394,14 +394,8 @@ impl Processor {
         for (sector, (rows, revisions)) in by_sector {
             co2cast_metrics::events::EstimatesPublished { sector, rows, revisions }.emit();
         }
-        let keys: Vec<String> = changed.iter().map(|r| r.key()).collect();
-        let batch = to_batch(&changed, self.flush_started_at);
-        let lines = batch_to_json_lines(&batch).map_err(|e| PipelineError::Internal(format!("encoding estimates as JSON: {e}")))?;
-        for (k, json) in keys.iter().zip(lines) {
-            let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.cfg.topics.estimates_daily).key(k.as_bytes()).payload(&json);
-            self.kafka.send(rec)?;
-        }
-        Ok(keys.len() as u64)
+        self.kafka.publish_estimates(&self.cfg.topics.estimates_daily, &changed, self.flush_started_at)?;
+        Ok(changed.len() as u64)
     }
 }
 

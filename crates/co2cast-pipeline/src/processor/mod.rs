@@ -3,7 +3,7 @@
 //! then checkpoint offsets and state together.
 
 use crate::checkpoint::{Checkpoint, Dirty, Frontier, partition_key};
-use crate::estimates::{EstimateRow, Revisioned, batch_to_json_lines, to_batch};
+use crate::estimates::{EstimateRow, Revisioned, batch_to_json_lines};
 use crate::grid_intensity::{GridComparisonLine, GridIntensityRow};
 use co2cast_model::grid_intensity::{CHP_HEAT, GenerationMix, IntensityPath, IntensitySum};
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
@@ -131,6 +131,11 @@ impl ProcessorConfig {
             ));
         }
         self.topics.check()
+    }
+
+    /// The reference "now": `now_override` when set, else the wall clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.now_override.as_deref().and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&Utc)).unwrap_or_else(Utc::now)
     }
 
     pub fn estimate_settings(&self) -> String {
@@ -344,7 +349,7 @@ impl Processor {
         cfg.validate().map_err(PipelineError::Config)?;
         let watermarks = Watermarks::new(Duration::seconds(cfg.allowed_lateness_s));
         let model = load_model_config(cfg.model_config.as_deref())?;
-        let settings = settings_fingerprint(&cfg, &model)?;
+        let settings = estimate_settings_with_model(&cfg, &model)?;
         // One writer per state directory and per lake: a second process would interleave
         // checkpoints and lake commits with this one's.
         let mut writer_locks = vec![writer_lock(&cfg.checkpoint_dir, "LOCK", "state directory")?];
@@ -405,16 +410,7 @@ impl Processor {
                 if cfg.lake_dir.is_some() {
                     return Err(PipelineError::Config("a province member does not write the lake: run one `co2cast run --role lake` for it".into()));
                 }
-                let c: BaseConsumer = ClientConfig::new()
-                    .set("bootstrap.servers", &cfg.brokers)
-                    .set("group.id", format!("{}.national-reader", cfg.group_id))
-                    .set("enable.auto.commit", "false")
-                    .set("enable.auto.offset.store", "false")
-                    .set("enable.partition.eof", "false")
-                    .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
-                    .create()
-                    .map_err(kafka("create the national partitions' reader"))?;
-                Some(c)
+                Some(crate::source::assigned_reader(&cfg.brokers, &format!("{}.national-reader", cfg.group_id), cfg.fetch_wait_max_ms)?)
             }
             other => return Err(PipelineError::Config(format!("the processor runs the `all` or `province` role, not `{other}`"))),
         };
@@ -626,12 +622,7 @@ impl Processor {
     }
 
     fn now(&self) -> DateTime<Utc> {
-        self.cfg
-            .now_override
-            .as_deref()
-            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-            .map(|t| t.with_timezone(&Utc))
-            .unwrap_or_else(Utc::now)
+        self.cfg.now()
     }
 
     /// Counts the messages this processor receives from now on (for pacing a replay and
@@ -876,7 +867,7 @@ impl Processor {
 
 /// What a state depends on besides its input: a state estimated with other settings (model
 /// ones included) is not resumed with these.
-pub(crate) fn settings_fingerprint(cfg: &ProcessorConfig, model: &ModelConfig) -> Result<String, PipelineError> {
+pub(crate) fn estimate_settings_with_model(cfg: &ProcessorConfig, model: &ModelConfig) -> Result<String, PipelineError> {
     let model_json = serde_json::to_string(model).map_err(|e| PipelineError::Internal(format!("model settings: {e}")))?;
     Ok(format!("{}; model settings {:016x}", cfg.estimate_settings(), crate::estimates::fnv1a(&[model_json.as_bytes()])))
 }
